@@ -1,0 +1,3 @@
+from transfer_cli.cli import main
+
+main()

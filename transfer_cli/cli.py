@@ -1,0 +1,185 @@
+"""The `transfer` command line. Thin: parse arguments, load the config, call one stage, map
+errors to exit codes. torch is imported only when a command runs, so --help is instant."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+
+from transfer_cli import __version__
+from transfer_cli.errors import TransferError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Transfer learning from the command line: pretrain, fine-tune and evaluate PyTorch models "
+         "from YAML configs. Exit codes: 0 ok, 1 run failed, 2 bad input, 130/143 interrupted.",
+)
+
+# ---- options shared by the stage commands ------------------------------------------------------
+RunDirOpt = typer.Option(None, "--run-dir", help="Write the run here (default: the config's run_dir, "
+                                                  "else runs/<config folder>/<config name>).")
+SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE",
+                      help="Override a config key; the value is parsed as YAML. Repeatable.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing run directory.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
+JsonOpt = typer.Option(False, "--json", help="Print the final report as JSON on stdout (logs go to stderr).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="Only warnings and errors.")
+DebugOpt = typer.Option(False, "--debug", help="Show tracebacks.")
+SmokeOpt = typer.Option(False, "--smoke", help=f"A few steps on a few batches, to check the plumbing fast.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"transfer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Show the version and exit.")) -> None:
+    """Transfer learning from the command line."""
+
+
+def _execute(action: Callable[[Any], Any], json_mode: bool, quiet: bool, debug: bool) -> None:
+    """Run `action(console)`, print its JSON on request, and turn errors into exit codes."""
+    from transfer_cli.console import Console
+
+    console = Console(quiet=quiet, json_mode=json_mode)
+    try:
+        result = action(console)
+    except TransferError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001  a bug or an environment fault: say so, exit 1
+        if debug:
+            traceback.print_exc()
+        else:
+            print(f"error: {type(exc).__name__}: {exc} (internal error; rerun with --debug for the traceback)",
+                  file=sys.stderr)
+        raise typer.Exit(1) from None
+    if json_mode:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+
+
+def _stage(stage: str, source: Path, sets: Optional[List[str]], options: dict, **refs: Optional[str]) -> Callable:
+    def action(console: Any) -> Any:
+        from transfer_cli import stages
+        from transfer_cli.components import registries
+        from transfer_cli.config.resolve import load_experiment
+
+        exp = load_experiment(source, stage, sets or [], registries(), **refs)
+        opts = stages.RunOptions(config_path=None if source.is_dir() else source,
+                                 from_run=source if source.is_dir() else None, **options)
+        return getattr(stages, stage)(exp, opts, console)
+
+    return action
+
+
+@app.command()
+def pretrain(
+    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+    run_dir: Optional[str] = RunDirOpt, sets: Optional[List[str]] = SetOpt, overwrite: bool = OverwriteOpt,
+    resume: bool = ResumeOpt, smoke: bool = SmokeOpt, json_out: bool = JsonOpt, quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Train a model from random initialisation on a source task."""
+    options = dict(run_dir=run_dir, overwrite=overwrite, resume=resume, smoke=smoke)
+    _execute(_stage("pretrain", config, sets, options), json_out, quiet, debug)
+
+
+@app.command()
+def finetune(
+    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", metavar="RUN_OR_WEIGHTS",
+                                            help="Start from this run dir (best weights; RUN@last for last) "
+                                                 "or weights file (.safetensors/.pt)."),
+    run_dir: Optional[str] = RunDirOpt, sets: Optional[List[str]] = SetOpt, overwrite: bool = OverwriteOpt,
+    resume: bool = ResumeOpt, smoke: bool = SmokeOpt, json_out: bool = JsonOpt, quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Adapt pretrained weights to a target task."""
+    options = dict(run_dir=run_dir, overwrite=overwrite, resume=resume, smoke=smoke)
+    _execute(_stage("finetune", config, sets, options, init_from=init_from), json_out, quiet, debug)
+
+
+@app.command()
+def evaluate(
+    source: Path = typer.Argument(..., metavar="CONFIG_OR_RUN", help="Experiment config, or a run directory "
+                                                                      "(evaluates it with its own config and data)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="RUN_OR_WEIGHTS",
+                                             help="Weights to evaluate: a run dir (best; RUN@last) or a file."),
+    split: Optional[str] = typer.Option(None, "--split", help="train, val or test (default: eval.split)."),
+    run_dir: Optional[str] = RunDirOpt, sets: Optional[List[str]] = SetOpt, overwrite: bool = OverwriteOpt,
+    smoke: bool = SmokeOpt, json_out: bool = JsonOpt, quiet: bool = QuietOpt, debug: bool = DebugOpt,
+) -> None:
+    """Evaluate a checkpoint on a split of the configured data."""
+    options = dict(run_dir=run_dir, overwrite=overwrite, resume=False, smoke=smoke)
+    _execute(_stage("evaluate", source, sets, options, checkpoint=checkpoint, split=split), json_out, quiet, debug)
+
+
+@app.command()
+def validate(
+    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="pretrain, finetune or evaluate "
+                                                               "(default: guessed from the config)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", metavar="RUN_OR_WEIGHTS"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="RUN_OR_WEIGHTS"),
+    run_dir: Optional[str] = RunDirOpt, sets: Optional[List[str]] = SetOpt, json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt, debug: bool = DebugOpt,
+) -> None:
+    """Check a config and build everything it names (data, model, weights); train nothing."""
+
+    def action(console: Any) -> Any:
+        from transfer_cli import stages
+        from transfer_cli.components import registries
+        from transfer_cli.config.resolve import guess_stage, load_experiment, read_sources
+        from transfer_cli.errors import UsageError
+
+        chosen = stage
+        if chosen is None:
+            chosen = guess_stage(read_sources(config, "finetune" if init_from else "evaluate" if checkpoint
+                                              else "pretrain", sets or [], init_from, checkpoint))
+        if chosen not in ("pretrain", "finetune", "evaluate"):
+            raise UsageError(f"--stage: expected pretrain, finetune or evaluate, got {chosen!r}")
+        exp = load_experiment(config, chosen, sets or [], registries(), init_from=init_from, checkpoint=checkpoint)
+        opts = stages.RunOptions(config_path=config, run_dir=run_dir)
+        return stages.validate_only(exp, chosen, opts, console)
+
+    _execute(action, json_out, quiet, debug)
+
+
+@app.command("list")
+def list_components(json_out: bool = JsonOpt) -> None:
+    """Show the registered data sets, models, optimizers, schedules, losses and metrics."""
+
+    def action(console: Any) -> Any:
+        from transfer_cli.components import registries
+
+        listing = {section: {name: reg.get(name).summary for name in reg.names()}
+                   for section, reg in registries().items()}
+        if not json_out:
+            for section, entries in listing.items():
+                console.info(f"{section}:")
+                for name, summary in entries.items():
+                    console.info(f"  {name:<18} {summary}")
+        return listing
+
+    _execute(action, json_out, quiet=False, debug=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""From command-line arguments to a validated Experiment for one stage.
+
+Order: the config file (and what it extends) or a run dir's config, `--set` overrides, the
+CLI flags (`--init-from`, `--checkpoint`, `--split`: the most specific wins), then the architecture of the run
+a finetune/evaluate starts from (under everything else), then validation and stage rules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+from transfer_cli.config.loader import RawConfig, apply_sets, load_raw
+from transfer_cli.config.schema import Experiment, absolute_ref
+from transfer_cli.config.validate import validate
+from transfer_cli.errors import ConfigError, UsageError
+
+Stage = Literal["pretrain", "finetune", "evaluate"]
+
+
+def _layer(keypath: tuple[str, ...], value: object, origin: str) -> RawConfig:
+    data: dict = {}
+    node = data
+    for part in keypath[:-1]:
+        node = node.setdefault(part, {})
+    node[keypath[-1]] = value
+    return RawConfig(data, {keypath: origin}, origin)
+
+
+def read_sources(source: Path, stage: Stage, sets: list[str], init_from: Optional[str] = None,
+                 checkpoint: Optional[str] = None, split: Optional[str] = None) -> RawConfig:
+    """The raw config for `source` (a YAML file, or for evaluate a run directory)."""
+    if source.is_dir():
+        if stage != "evaluate":
+            raise UsageError(f"{source} is a directory; `transfer {stage}` takes a config file")
+        if not (source / "config.yaml").is_file():
+            raise UsageError(f"{source} is not a run directory (no config.yaml)")
+        raw = load_raw(source / "config.yaml")
+        raw = _keep_source(raw, raw.merged(_layer(("eval", "checkpoint"), str(source), f"run dir {source}")))
+    elif not source.exists():
+        raise UsageError(f"config file not found: {source}")
+    else:
+        raw = load_raw(source)
+    raw = apply_sets(raw, sets)
+    shortcuts = [(("transfer", "init_from"), init_from, "--init-from"),
+                 (("eval", "checkpoint"), checkpoint, "--checkpoint"), (("eval", "split"), split, "--split")]
+    for keypath, value, flag in shortcuts:
+        if value is not None:
+            raw = _keep_source(raw, raw.merged(_layer(keypath, value, f"{flag} {value}")))
+    return raw
+
+
+def _keep_source(old: RawConfig, new: RawConfig) -> RawConfig:
+    new.source = old.source
+    return new
+
+
+def starting_ref(raw: RawConfig, stage: Stage) -> Optional[str]:
+    section, key = ("transfer", "init_from") if stage == "finetune" else ("eval", "checkpoint")
+    block = raw.data.get(section)
+    value = block.get(key) if isinstance(block, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def inherit_architecture(raw: RawConfig, ref: Optional[str]) -> RawConfig:
+    """Put the `model` section of the run that `ref` names under the config, so a finetune or
+    evaluate takes the architecture of the run it starts from unless it says otherwise."""
+    if not ref:
+        return raw
+    run_dir = Path(ref.rpartition("@")[0] if ref.endswith(("@last", "@best")) else ref)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        return raw
+    try:
+        parent = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{config_file}: cannot read the run's config: {exc}"]) from None
+    model = parent.get("model") if isinstance(parent, dict) else None
+    if not isinstance(model, dict):
+        return raw
+    base = RawConfig({"model": model}, {("model",): f"{config_file} (model of the run started from)"})
+    if raw.data.get("model", None) is None:  # absent or `model: null`: take the run's model as it is
+        raw = RawConfig({k: v for k, v in raw.data.items() if k != "model"},
+                        {k: v for k, v in raw.origins.items() if k[0] != "model"}, raw.source)
+    return _keep_source(raw, base.merged(raw))
+
+
+def stage_problems(exp: Experiment, stage: Stage, raw: RawConfig) -> list[str]:
+    """Rules that depend on the stage, all reported together."""
+    problems = []
+    where = raw.origin_of
+    if exp.model is None:
+        problems.append(f"{where(('model',))}: model: required (a finetune/evaluate from a run directory takes "
+                        f"it from that run's config; from a weights file it must be given)")
+    if stage == "pretrain" and exp.transfer.init_from:
+        problems.append(f"{where(('transfer', 'init_from'))}: transfer.init_from: pretrain trains from random "
+                        f"initialisation; use `transfer finetune` to start from weights")
+    if stage == "finetune":
+        problems += _ref_problems(exp.transfer.init_from, "transfer.init_from", "--init-from",
+                                  where(("transfer", "init_from")))
+    if stage == "evaluate":
+        problems += _ref_problems(exp.eval.checkpoint, "eval.checkpoint", "--checkpoint",
+                                  where(("eval", "checkpoint")))
+    return problems
+
+
+def _ref_problems(ref: Optional[str], key: str, flag: str, origin: str) -> list[str]:
+    if not ref:
+        return [f"{origin}: {key}: required: a run directory or weights file (or {flag} RUN_OR_WEIGHTS)"]
+    path = Path(ref.rpartition("@")[0] if ref.endswith(("@last", "@best")) else ref)
+    if not path.exists():
+        return [f"{origin}: {key}: no such run directory or weights file: {path}"]
+    return []
+
+
+def load_experiment(source: Path, stage: Stage, sets: list[str], registries: dict,
+                    init_from: Optional[str] = None, checkpoint: Optional[str] = None,
+                    split: Optional[str] = None) -> Experiment:
+    """Everything the command line says, validated for `stage`; all problems in one ConfigError."""
+    raw = read_sources(source, stage, sets, init_from=init_from, checkpoint=checkpoint, split=split)
+    ref = starting_ref(raw, stage)
+    raw = inherit_architecture(raw, absolute_ref(ref) if ref else None)
+    exp = validate(raw, registries)
+    problems = stage_problems(exp, stage, raw)
+    if problems:
+        raise ConfigError(problems, header=f"invalid config {raw.source} for {stage}")
+    return exp
+
+
+def guess_stage(raw: RawConfig) -> Stage:
+    """For `transfer validate`: finetune if it starts from weights, evaluate if it names a
+    checkpoint, else pretrain."""
+    if starting_ref(raw, "finetune"):
+        return "finetune"
+    if starting_ref(raw, "evaluate"):
+        return "evaluate"
+    return "pretrain"

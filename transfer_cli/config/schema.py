@@ -1,0 +1,107 @@
+"""The experiment config: one pydantic model per section, unknown keys forbidden everywhere.
+
+Component sections (`data`, `model`, `optim`, `schedule`, `loss`) hold a registered `name`
+and free-form `params`; the params are checked against the builder's own params model in
+`config.validate`, so they get the same precision as the keys here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def absolute_ref(value: Optional[str]) -> Optional[str]:
+    """A run dir or weights path made absolute against the working directory; '@last' kept."""
+    if value is None:
+        return None
+    path, at, alias = value.rpartition("@")
+    if not at or alias not in ("last", "best") or not path:
+        path, at, alias = value, "", ""
+    return str(Path(path).expanduser().absolute()) + (f"@{alias}" if at else "")
+
+
+Ref = Annotated[Optional[str], AfterValidator(absolute_ref)]
+
+
+class Component(Section):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(Component):
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: Optional[int] = Field(None, ge=1, description="default: 2 x batch_size")
+    per_class: Optional[int] = Field(None, ge=1, description="k-shot: k training examples per class")
+
+
+class ModelConfig(Component):
+    pass
+
+
+class OptimConfig(Component):
+    name: str = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class ScheduleConfig(Component):
+    name: str = "constant"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class LossConfig(Component):
+    name: str = "cross_entropy"
+
+
+class EarlyStopping(Section):
+    patience: Optional[int] = Field(None, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    grad_accum: int = Field(1, ge=1)
+    clip_grad_norm: Optional[float] = Field(None, gt=0)
+    monitor: Optional[str] = Field(None, pattern=r"^(train|val)/[A-Za-z0-9_]+$",
+                                   description="default: val/accuracy (classification), val/loss (regression)")
+    monitor_mode: Literal["auto", "max", "min"] = "auto"
+    eval_every_steps: Optional[int] = Field(None, ge=1, description="default: once per epoch")
+    log_every_steps: Optional[int] = Field(None, ge=1)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    keep_last: int = Field(1, ge=1, description="step checkpoints kept besides best")
+
+
+class EvalConfig(Section):
+    metrics: Optional[list[str]] = Field(None, description="default: chosen by the task")
+    split: Literal["train", "val", "test"] = "test"
+    checkpoint: Ref = Field(None, description="evaluate: run dir (best weights; @last for last) or weights file")
+
+
+class TransferConfig(Section):
+    init_from: Ref = Field(None, description="finetune: run dir (best weights; @last) or weights file")
+    head: Literal["auto", "reset", "keep"] = "auto"
+    strict: bool = True
+
+
+class Experiment(Section):
+    name: Optional[str] = None
+    seed: int = Field(0, ge=0)
+    run_dir: Optional[str] = None
+    data: DataConfig
+    model: Optional[ModelConfig] = None
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig())
+    schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig())
+    loss: LossConfig = Field(default_factory=lambda: LossConfig())
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)

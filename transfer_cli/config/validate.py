@@ -1,0 +1,139 @@
+"""Turn a RawConfig into a validated Experiment, reporting every problem at once.
+
+Each problem names where the key was written (`file:line` or `--set ...`), the key path,
+what was expected and what was given, with a did-you-mean for unknown keys and names.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from transfer_cli.config.loader import COMPONENTS, RawConfig
+from transfer_cli.config.schema import Experiment
+from transfer_cli.errors import ConfigError
+from transfer_cli.registry import Registry, UnknownName, did_you_mean
+
+Loc = tuple[Any, ...]
+
+
+def validate(raw: RawConfig, registries: dict[str, Registry]) -> Experiment:
+    """Validate the whole config; raise ConfigError listing all problems.
+
+    On success the component params are replaced by their full form (defaults filled), so
+    the experiment written to the run dir is the resolved config.
+    """
+    problems: list[str] = []
+    experiment: Experiment | None = None
+    try:
+        experiment = Experiment.model_validate(raw.data)
+    except ValidationError as exc:
+        problems += _render(exc, Experiment, (), raw)
+    _validate_metric_names(raw, registries["metric"], problems)
+    resolved_params = {}
+    for section in COMPONENTS:
+        result = _validate_params(raw, section, registries[section], problems)
+        if result is not None:
+            resolved_params[section] = result
+    if problems or experiment is None:
+        raise ConfigError(problems, header=f"invalid config {raw.source}")
+    for section, params in resolved_params.items():
+        component = getattr(experiment, section)
+        if component is not None:
+            component.params = params
+    return experiment
+
+
+def _validate_params(raw: RawConfig, section: str, registry: Registry, problems: list[str]) -> dict | None:
+    block = raw.data.get(section)
+    if block is None:
+        defaults = Experiment.model_fields[section].get_default(call_default_factory=True)
+        if defaults is None:
+            return None
+        block = {"name": defaults.name}
+    if not isinstance(block, dict) or not isinstance(block.get("name"), str):
+        return None  # the schema pass reports the shape problem
+    try:
+        entry = registry.get(block["name"])
+    except UnknownName as exc:
+        problems.append(f"{raw.origin_of((section, 'name'))}: {section}.name: {exc}")
+        return None
+    params = block.get("params") or {}
+    if not isinstance(params, dict):
+        return None
+    try:
+        return entry.params.model_validate(params).model_dump(mode="json")
+    except ValidationError as exc:
+        problems += _render(exc, entry.params, (section, "params"), raw)
+        return None
+
+
+def _validate_metric_names(raw: RawConfig, registry: Registry, problems: list[str]) -> None:
+    names = (raw.data.get("eval") or {}).get("metrics") if isinstance(raw.data.get("eval"), dict) else None
+    if not isinstance(names, list):
+        return
+    for i, name in enumerate(names):
+        if isinstance(name, str) and name not in registry:
+            problems.append(f"{raw.origin_of(('eval', 'metrics'))}: eval.metrics[{i}]: "
+                            f"{UnknownName('metric', name, registry.names())}")
+
+
+def _render(exc: ValidationError, model: type[BaseModel], prefix: Loc, raw: RawConfig) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        path = _dotted(loc)
+        origin = raw.origin_of(tuple(str(p) for p in loc))
+        out.append(f"{origin}: {path}: {_describe(err, model, tuple(err['loc']))}")
+    return out
+
+
+def _describe(err: dict, model: type[BaseModel], loc: Loc) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = _fields_at(model, loc[:-1])
+        hint = did_you_mean(str(loc[-1]), known)
+        allowed = f"; allowed here: {', '.join(known)}" if known else ""
+        return f"unknown key{hint}{allowed}"
+    if kind == "missing":
+        return "required key is missing"
+    message = err["msg"]
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", ""))
+        message += did_you_mean(str(err.get("input")), choices)
+    return f"{message}; got {err.get('input')!r}"
+
+
+def _dotted(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """The field names of the (nested) model at `loc`, for did-you-mean suggestions."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return []
+        current = _model_in(current.model_fields[part].annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel class inside Optional[...]/Annotated[...], if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,96 @@
+"""In-memory splits batched by tensor indexing (no per-sample collation on the hot path)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from transfer_cli.errors import DataError
+
+TASKS = ("multiclass", "binary", "multilabel", "regression")
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of epoch `epoch`: a pure function of (seed, epoch), so a run resumed
+    mid-epoch sees exactly the batches it would have seen."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+class TensorSplit:
+    """One split held as tensors `x` (N, ...) and `y` (N, ...)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if len(x) != len(y):
+            raise DataError(f"x has {len(x)} samples but y has {len(y)}")
+        self.x, self.y = x, y
+        self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, index: torch.Tensor) -> "TensorSplit":
+        return TensorSplit(self.x[index], self.y[index])
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+    def tensors_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split moved to `device` once and kept there."""
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = (self.x.to(device), self.y.to(device))
+        return self._on_device[key]
+
+    def batches(
+        self, batch_size: int, device: torch.device, *, shuffle: bool = False, seed: int = 0,
+        epoch: int = 0, start: int = 0,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of the epoch, from batch number `start` on."""
+        x, y = self.tensors_on(device)
+        n = len(self)
+        if not shuffle:
+            for begin in range(start * batch_size, n, batch_size):
+                yield x[begin:begin + batch_size], y[begin:begin + batch_size]
+            return
+        order = epoch_order(n, seed, epoch).to(device)
+        for begin in range(start * batch_size, n, batch_size):
+            index = order[begin:begin + batch_size]
+            yield x.index_select(0, index), y.index_select(0, index)
+
+
+@dataclass
+class DataBundle:
+    """What a dataset builder returns: the splits and what the model and metrics need to know."""
+
+    splits: dict[str, TensorSplit]
+    task: str
+    num_outputs: int
+    class_names: list[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if "train" not in self.splits:
+            raise DataError("the data has no 'train' split")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.splits["train"].x.shape[1:])
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task in ("multiclass", "binary")
+
+    def split(self, name: str) -> TensorSplit:
+        if name not in self.splits:
+            raise DataError(f"the data has no '{name}' split (it has: {', '.join(self.splits)})")
+        return self.splits[name]
+
+    def class_counts(self, split: str = "train") -> list[int] | None:
+        if self.task != "multiclass":
+            return None
+        return torch.bincount(self.split(split).y, minlength=self.num_outputs).tolist()

@@ -1,0 +1,3 @@
+from transfer_cli.registry import Registry
+
+DATASETS: Registry = Registry("dataset")

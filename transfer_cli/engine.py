@@ -1,0 +1,255 @@
+"""The training loop and nothing else: it knows no YAML and no file layout.
+
+It gets built parts (model, optimizer, schedule, loss, metrics) and callbacks (checkpointing,
+logging, early stopping, progress), and does per step only what a hand-written loop does:
+forward, loss, backward, (clip), step. The loss is summed on the device and read once per
+evaluation; metrics are computed only when evaluating.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Optional, Protocol
+
+import torch
+from torch import nn
+
+from transfer_cli.data.bundle import TensorSplit
+from transfer_cli.errors import Interrupted, RunFailed
+from transfer_cli.evaluation import Evaluator, autocast
+from transfer_cli.schedules import Schedule
+
+
+@dataclass
+class EngineConfig:
+    epochs: int
+    batch_size: int
+    max_steps: Optional[int] = None
+    grad_accum: int = 1
+    clip_grad_norm: Optional[float] = None
+    precision: str = "fp32"
+    eval_every_steps: Optional[int] = None
+    log_every_steps: Optional[int] = None
+    monitor: str = "val/loss"
+    monitor_higher_is_better: bool = False
+    monitor_min_delta: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class TrainState:
+    """Counters that, with the weights, optimizer and RNG states, define where training is."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    best: Optional[float] = None
+    best_step: Optional[int] = None
+    evals_since_best: int = 0
+    last_eval_step: Optional[int] = None
+    stop_reason: Optional[str] = None
+    history: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainState":
+        return cls(**data)
+
+
+class Callback(Protocol):
+    def on_fit_start(self, engine: "Engine", state: TrainState) -> None: ...
+    def on_step_end(self, engine: "Engine", state: TrainState) -> None: ...
+    def on_eval_end(self, engine: "Engine", state: TrainState, record: dict, improved: bool) -> None: ...
+    def on_interrupt(self, engine: "Engine", state: TrainState) -> None: ...
+    def on_fit_end(self, engine: "Engine", state: TrainState) -> None: ...
+
+
+class BaseCallback:
+    """No-op hooks; subclass and override what you need."""
+
+    def on_fit_start(self, engine: "Engine", state: TrainState) -> None: ...
+    def on_step_end(self, engine: "Engine", state: TrainState) -> None: ...
+    def on_eval_end(self, engine: "Engine", state: TrainState, record: dict, improved: bool) -> None: ...
+    def on_interrupt(self, engine: "Engine", state: TrainState) -> None: ...
+    def on_fit_end(self, engine: "Engine", state: TrainState) -> None: ...
+
+
+class Engine:
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, loss_fn: nn.Module,
+        evaluate: Evaluator, device: torch.device, cfg: EngineConfig, callbacks: tuple = (),
+    ) -> None:
+        self.model, self.optimizer, self.schedule, self.loss_fn = model, optimizer, schedule, loss_fn
+        self.evaluate, self.device, self.cfg = evaluate, device, cfg
+        self.callbacks = list(callbacks)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self._loss_sum = torch.zeros((), device=device)
+        self._loss_count = 0
+        self._signal: Optional[int] = None
+        self._batches_per_epoch = 0
+
+    # ---- sizes -------------------------------------------------------------------------------
+    def steps_per_epoch(self, train: TensorSplit) -> int:
+        return math.ceil(train.num_batches(self.cfg.batch_size) / self.cfg.grad_accum)
+
+    def total_steps(self, train: TensorSplit) -> int:
+        return self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch(train)
+
+    # ---- training ----------------------------------------------------------------------------
+    def fit(self, train: TensorSplit, val: Optional[TensorSplit], state: TrainState) -> TrainState:
+        """Train until the step budget is spent or a callback stops it; returns the final state."""
+        total = self.total_steps(train)
+        self._batches_per_epoch = train.num_batches(self.cfg.batch_size)
+        self._emit("on_fit_start", state)
+        with self._signals_trapped():
+            while state.step < total and not state.stop_reason:
+                self._train_epoch(train, val, state, total)
+            if state.last_eval_step != state.step:
+                self._eval_point(val, state)
+        self._emit("on_fit_end", state)
+        return state
+
+    def _train_epoch(self, train: TensorSplit, val: Optional[TensorSplit], state: TrainState, total: int) -> None:
+        self.model.train()
+        n_batches = train.num_batches(self.cfg.batch_size)
+        pending = 0
+        batches = train.batches(self.cfg.batch_size, self.device, shuffle=True, seed=self.cfg.seed,
+                                epoch=state.epoch, start=state.batch)
+        for x, y in batches:
+            state.batch += 1
+            pending += 1
+            self._forward_backward(x, y)
+            is_update = pending == self.cfg.grad_accum or state.batch == n_batches
+            if not is_update:
+                continue
+            pending = 0
+            self._optimizer_step(state.step)
+            state.step += 1
+            self._check_finite(state)
+            self._emit("on_step_end", state)
+            if self.cfg.eval_every_steps and state.step % self.cfg.eval_every_steps == 0:
+                self._eval_point(val, state)
+            self._stop_if_signalled(state)
+            if state.step >= total or state.stop_reason:
+                break
+        epoch_done = state.batch >= n_batches
+        if epoch_done:
+            state.epoch += 1
+            state.batch = 0
+            if not self.cfg.eval_every_steps:
+                self._eval_point(val, state)
+                self._stop_if_signalled(state)
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        # forward and backward of one micro-batch; gradients add up over grad_accum micro-batches
+        with autocast(self.device, self.cfg.precision):
+            loss = self.loss_fn(self.model(x).float(), y)
+        self.scaler.scale(loss / self.cfg.grad_accum).backward()
+        self._loss_sum += loss.detach()
+        self._loss_count += 1
+
+    def _optimizer_step(self, step: int) -> None:
+        factor = self.schedule(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        if self.cfg.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _check_finite(self, state: TrainState) -> None:
+        # On CPU reading the running sum costs nothing; on an accelerator it would sync every
+        # step, so there the check waits for the next evaluation.
+        if self.device.type != "cpu" and state.step % (self.cfg.eval_every_steps or 1 << 30):
+            return
+        if not torch.isfinite(self._loss_sum):
+            raise RunFailed(f"the loss became NaN/Inf at step {state.step} (epoch {state.epoch + 1}); "
+                            f"the run is stopped; earlier checkpoints are intact. Try a lower optim.lr, "
+                            f"train.clip_grad_norm, or train.precision: fp32")
+
+    # ---- evaluation --------------------------------------------------------------------------
+    def _eval_point(self, val: Optional[TensorSplit], state: TrainState) -> None:
+        epochs_done = state.epoch + state.batch / max(self._batches_per_epoch, 1)
+        record: dict[str, Any] = {"step": state.step, "epoch": round(epochs_done, 3), "time": time.time(),
+                                  "lr": self.optimizer.param_groups[0]["lr"]}
+        if self._loss_count:
+            record["train/loss"] = self._loss_sum.item() / self._loss_count
+            if not math.isfinite(record["train/loss"]):
+                state.last_eval_step = state.step
+                self._check_finite(state)
+        self._loss_sum.zero_()
+        self._loss_count = 0
+        if val is not None:
+            record.update({f"val/{k}": v for k, v in self.evaluate(val).items()})
+        improved = self._update_best(state, record)
+        state.last_eval_step = state.step
+        state.history.append({k: record[k] for k in record if k != "time"})
+        self._emit("on_eval_end", state, record, improved)
+
+    def _update_best(self, state: TrainState, record: dict) -> bool:
+        value = record.get(self.cfg.monitor)
+        if value is None or not math.isfinite(value):
+            return False
+        delta = self.cfg.monitor_min_delta
+        if state.best is None:
+            better = True
+        elif self.cfg.monitor_higher_is_better:
+            better = value > state.best + delta
+        else:
+            better = value < state.best - delta
+        if better:
+            state.best, state.best_step, state.evals_since_best = value, state.step, 0
+        else:
+            state.evals_since_best += 1
+        return better
+
+    # ---- state -------------------------------------------------------------------------------
+    def training_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_training_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    # ---- signals -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signals_trapped(self) -> Iterator[None]:
+        """SIGINT/SIGTERM ask the loop to stop after the current step (and write a checkpoint)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._signal is None:
+                self._signal = signum
+
+        for sig in previous:
+            signal.signal(sig, request_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop_if_signalled(self, state: TrainState) -> None:
+        if self._signal is None:
+            return
+        self._emit("on_interrupt", state)
+        name = signal.Signals(self._signal).name
+        raise Interrupted(f"{name} received: stopped at step {state.step} after writing a resumable checkpoint; "
+                          f"continue with --resume", exit_code=128 + self._signal)
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)

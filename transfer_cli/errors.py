@@ -1,0 +1,49 @@
+"""Errors the CLI maps to exit codes: 2 bad input, 1 the run failed, 130/143 interrupted."""
+
+from __future__ import annotations
+
+
+class TransferError(Exception):
+    """Base class for errors shown to the user as one clear message, without a traceback."""
+
+    exit_code = 2
+
+
+class UsageError(TransferError):
+    """Bad command-line usage or a bad path given on the command line."""
+
+
+class ConfigError(TransferError):
+    """One or more problems in a config; all of them are listed in the message."""
+
+    def __init__(self, problems: list[str], header: str = "invalid config") -> None:
+        self.problems = problems
+        lines = [f"{header} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class DataError(TransferError):
+    """A data source is missing, malformed or does not fit the model."""
+
+
+class CheckpointError(TransferError):
+    """A weights file or run directory cannot be read safely."""
+
+
+class RunDirError(TransferError):
+    """The run directory cannot be used (exists, not writable, not a run)."""
+
+
+class RunFailed(TransferError):
+    """The run started but failed (divergence, a runtime fault)."""
+
+    exit_code = 1
+
+
+class Interrupted(TransferError):
+    """Stopped by a signal after a resumable checkpoint was written."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,61 @@
+"""The model contract: backbone + head, with layer groups from input to output.
+
+`features(x) = backbone(x)`, `forward(x) = head(features(x))`. Head replacement, freezing,
+layer-wise learning rates and gradual unfreezing all act on this shape, for every architecture.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from transfer_cli.errors import DataError
+
+
+class TransferModel(nn.Module):
+    """A backbone producing `feature_dim` features and a linear head producing the outputs."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_outputs: int, groups: Sequence[str]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.head = nn.Linear(feature_dim, num_outputs)
+        self._groups = list(groups)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.head.out_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def layer_group_names(self) -> list[str]:
+        """Qualified names of the layer groups, input to output; the head is last."""
+        return [f"backbone.{name}" for name in self._groups] + ["head"]
+
+    def layer_groups(self) -> list[nn.Module]:
+        return [self.get_submodule(name) for name in self.layer_group_names()]
+
+    def reset_head(self, num_outputs: int | None = None) -> None:
+        """A freshly initialised head (with `num_outputs` outputs, default: as before)."""
+        out = num_outputs or self.num_outputs
+        device = self.head.weight.device
+        self.head = nn.Linear(self.feature_dim, out).to(device)
+
+
+def expect_rank(model: str, input_shape: tuple[int, ...], rank: int, what: str) -> None:
+    """A clear DataError when the data's sample shape does not fit the architecture."""
+    if len(input_shape) != rank:
+        raise DataError(
+            f"model '{model}' expects {what} per sample, but the data has samples of shape "
+            f"{tuple(input_shape)}; choose a model that fits the data (mlp: vectors, cnn1d: (C, L), resnet: (C, H, W))"
+        )
+
+
+def activation(name: str) -> nn.Module:
+    return {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}[name]()

@@ -1,0 +1,3 @@
+from transfer_cli.registry import Registry
+
+MODELS: Registry = Registry("model")

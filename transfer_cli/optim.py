@@ -1,0 +1,82 @@
+"""Optimizers and their parameter groups.
+
+Biases and normalization weights (every parameter with fewer than 2 dimensions) get no weight
+decay. A per-parameter LR scale (backbone multiplier, layer-wise decay) splits the groups
+further. Each group keeps its `base_lr`; the schedule sets `lr = base_lr * factor(step)`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from transfer_cli.registry import Params, Registry
+
+OPTIMIZERS: Registry = Registry("optimizer")
+
+LrScale = Callable[[str], float]
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_scale: Optional[LrScale] = None) -> list[dict]:
+    """Trainable parameters grouped by (decayed or not, LR scale), in a stable order."""
+    groups: dict[tuple[bool, float], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = param.ndim >= 2 and weight_decay > 0
+        scale = lr_scale(name) if lr_scale else 1.0
+        group = groups.setdefault((decay, scale), {
+            "params": [], "names": [], "weight_decay": weight_decay if decay else 0.0,
+            "base_lr": lr * scale, "lr": lr * scale,
+        })
+        group["params"].append(param)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+class SGDParams(Params):
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = False
+    dampening: float = Field(0.0, ge=0)
+
+
+class AdamParams(Params):
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    amsgrad: bool = False
+
+
+class RMSpropParams(Params):
+    alpha: float = Field(0.99, gt=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.0, ge=0)
+    centered: bool = False
+
+
+@OPTIMIZERS.register("sgd", params=SGDParams)
+def build_sgd(params: SGDParams, *, groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """SGD with momentum (optionally Nesterov)."""
+    return torch.optim.SGD(groups, lr=lr, momentum=params.momentum, nesterov=params.nesterov,
+                           dampening=params.dampening)
+
+
+@OPTIMIZERS.register("adam", params=AdamParams)
+def build_adam(params: AdamParams, *, groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """Adam (weight decay added to the gradient, L2 style)."""
+    return torch.optim.Adam(groups, lr=lr, betas=params.betas, eps=params.eps, amsgrad=params.amsgrad)
+
+
+@OPTIMIZERS.register("adamw", params=AdamParams)
+def build_adamw(params: AdamParams, *, groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay)."""
+    return torch.optim.AdamW(groups, lr=lr, betas=params.betas, eps=params.eps, amsgrad=params.amsgrad)
+
+
+@OPTIMIZERS.register("rmsprop", params=RMSpropParams)
+def build_rmsprop(params: RMSpropParams, *, groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """RMSprop."""
+    return torch.optim.RMSprop(groups, lr=lr, alpha=params.alpha, eps=params.eps,
+                               momentum=params.momentum, centered=params.centered)

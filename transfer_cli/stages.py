@@ -1,0 +1,341 @@
+"""The stages: pretrain, finetune, evaluate (and validate, which builds everything and trains
+nothing). Each reads like its recipe: build the parts, load weights, fit, evaluate, report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from transfer_cli import checkpoint as ckpt
+from transfer_cli.callbacks import Checkpointer, ConsoleProgress, EarlyStopping, MetricsLog
+from transfer_cli.config.schema import Experiment
+from transfer_cli.console import Console
+from transfer_cli.data import DATASETS, DataBundle
+from transfer_cli.data.fewshot import select_per_class
+from transfer_cli.engine import Engine, EngineConfig, TrainState
+from transfer_cli.errors import ConfigError, Interrupted, RunFailed, TransferError
+from transfer_cli.evaluation import Evaluator
+from transfer_cli.losses import LOSSES
+from transfer_cli.metrics import build_metrics, higher_is_better, metric_names, to_predictions
+from transfer_cli.models import MODELS, TransferModel
+from transfer_cli.optim import OPTIMIZERS, param_groups
+from transfer_cli.provenance import command_line, device_name, git_commit, now, versions
+from transfer_cli.report import SCHEMA_VERSION, write_report
+from transfer_cli.resume import restore_training
+from transfer_cli.rundir import RunDir
+from transfer_cli.schedules import SCHEDULES
+from transfer_cli.seeding import seed_everything
+from transfer_cli.transfer import load_exact, load_initial_weights, sha256_of
+
+SMOKE_STEPS = 3
+SMOKE_EVAL_BATCHES = 2
+
+
+@dataclass
+class RunOptions:
+    """What the command line says about where and how to run (not what to train)."""
+
+    config_path: Optional[Path] = None
+    run_dir: Optional[str] = None
+    overwrite: bool = False
+    resume: bool = False
+    smoke: bool = False
+    from_run: Optional[Path] = None
+
+    @property
+    def mode(self) -> str:
+        return "resume" if self.resume else "overwrite" if self.overwrite else "new"
+
+
+@dataclass
+class Parts:
+    data: DataBundle
+    model: TransferModel
+    loss: nn.Module
+    evaluator: Evaluator
+    monitor: str
+    monitor_higher_is_better: bool
+    device: torch.device
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- stages ----------------------------------------------------------------------------------
+def pretrain(exp: Experiment, opts: RunOptions, console: Console) -> dict:
+    parts = build_parts(exp, opts)
+    return train_and_report("pretrain", exp, parts, opts, console, lineage={"init": "random", "seed": exp.seed})
+
+
+def finetune(exp: Experiment, opts: RunOptions, console: Console) -> dict:
+    parts = build_parts(exp, opts)
+    load = load_initial_weights(parts.model, exp.transfer.init_from, head=exp.transfer.head,
+                                strict=exp.transfer.strict)
+    console.info(f"init: {load.summary()}")
+    lineage = {"init_from": exp.transfer.init_from, "weights": load.weights, "sha256": load.sha256,
+               "load_report": load.to_dict()}
+    return train_and_report("finetune", exp, parts, opts, console, lineage)
+
+
+def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
+    parts = build_parts(exp, opts)
+    weights, source_run = load_exact(parts.model, exp.eval.checkpoint)
+    split = parts.data.split(exp.eval.split)
+    run = RunDir.check(run_path(exp, opts, "evaluate"), opts.mode if opts.mode != "resume" else "overwrite")
+    lineage = {"checkpoint": exp.eval.checkpoint, "weights": str(weights), "sha256": sha256_of(weights),
+               "source_run": str(source_run) if source_run else None}
+    run.create(opts.mode, checkpoints=False)
+    started = start_run(run, "evaluate", exp, parts, opts, lineage)
+    tic = time.perf_counter()
+    metrics = {exp.eval.split: parts.evaluator(split)}
+    timings = {"eval_seconds": round(time.perf_counter() - tic, 3)}
+    report = make_report("evaluate", exp, parts, metrics, lineage, timings, opts, checkpoint=None)
+    finish_run(run, report, started)
+    console.table(f"evaluate {exp.name or ''}".strip() + f": {weights}", metrics)
+    return report
+
+
+def validate_only(exp: Experiment, stage: str, opts: RunOptions, console: Console) -> dict:
+    """Build every part (data, model, loss, metrics, optimizer, weights) and train nothing."""
+    parts = build_parts(exp, opts)
+    if stage == "finetune":
+        console.info(f"init: {load_initial_weights(parts.model, exp.transfer.init_from, exp.transfer.head, exp.transfer.strict).summary()}")
+    if stage == "evaluate":
+        load_exact(parts.model, exp.eval.checkpoint)
+    path = run_path(exp, opts, stage)
+    if stage != "evaluate":
+        engine = build_engine(exp, parts, callbacks=())
+        RunDir.check(path, opts.mode)
+        steps = engine.total_steps(parts.data.split("train"))
+    else:
+        steps = 0
+    summary = {"stage": stage, "run_dir": str(path), "data": data_info(exp, parts.data),
+               "model": model_info(exp, parts.model), "steps": steps, "device": str(parts.device),
+               "monitor": parts.monitor}
+    console.info(f"ok: {stage} config is valid; {summary['model']['parameters']:,} parameters, "
+                 f"{steps} steps, run dir {path}")
+    return summary
+
+
+# ---- building --------------------------------------------------------------------------------
+def build_parts(exp: Experiment, opts: RunOptions) -> Parts:
+    """Data, model, loss and evaluator from a validated experiment."""
+    device = resolve_device(exp.train.device)
+    seed_everything(exp.seed)
+    data = build_data(exp)
+    model = MODELS.build(exp.model.name, exp.model.params, input_shape=data.input_shape,
+                         num_outputs=data.num_outputs).to(device)
+    loss = LOSSES.build(exp.loss.name, exp.loss.params, task=data.task, num_outputs=data.num_outputs,
+                        class_counts=data.class_counts()).to(device)
+    names = metric_names(data.task, exp.eval.metrics)
+    exp.eval.metrics = names
+    metrics = build_metrics(names, data.task, data.num_outputs)
+    monitor = exp.train.monitor or ("val/accuracy" if "accuracy" in names else "val/loss")
+    check_monitor(monitor, names, data)
+    higher = (higher_is_better(monitor.split("/", 1)[1], data.task, data.num_outputs)
+              if exp.train.monitor_mode == "auto" else exp.train.monitor_mode == "max")
+    evaluator = Evaluator(model, loss, metrics, to_predictions(data.task), device,
+                          exp.data.eval_batch_size or 2 * exp.data.batch_size, exp.train.precision,
+                          batch_limit=SMOKE_EVAL_BATCHES if opts.smoke else None)
+    return Parts(data, model, loss, evaluator, monitor, higher, device)
+
+
+def build_data(exp: Experiment) -> DataBundle:
+    data = DATASETS.build(exp.data.name, exp.data.params, seed=exp.seed)
+    if exp.data.per_class:
+        train = data.split("train")
+        index = select_per_class(train.y, exp.data.per_class, exp.seed, data.class_names)
+        data.splits["train"] = train.subset(index)
+        data.info["per_class"] = exp.data.per_class
+    return data
+
+
+def check_monitor(monitor: str, names: list[str], data: DataBundle) -> None:
+    split, metric = monitor.split("/", 1)
+    available = ["train/loss"] + ([f"val/{n}" for n in ["loss"] + names] if "val" in data.splits else [])
+    if monitor not in available:
+        from transfer_cli.registry import did_you_mean
+
+        raise ConfigError([f"train.monitor: '{monitor}' is not logged{did_you_mean(monitor, available)}; "
+                           f"available: {', '.join(available)} (val/<metric> needs the metric in eval.metrics "
+                           f"and a val split)"])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError([f"train.device: '{name}' requested but CUDA is not available here; use auto or cpu"])
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(["train.device: 'mps' requested but MPS is not available here; use auto or cpu"])
+    return torch.device(name)
+
+
+def build_engine(exp: Experiment, parts: Parts, callbacks: tuple, smoke: bool = False) -> Engine:
+    train = exp.train
+    groups = param_groups(parts.model, exp.optim.lr, exp.optim.weight_decay)
+    optimizer = OPTIMIZERS.build(exp.optim.name, exp.optim.params, groups=groups, lr=exp.optim.lr)
+    cfg = EngineConfig(
+        epochs=1 if smoke else train.epochs, batch_size=exp.data.batch_size,
+        max_steps=min(train.max_steps or SMOKE_STEPS, SMOKE_STEPS) if smoke else train.max_steps,
+        grad_accum=train.grad_accum, clip_grad_norm=train.clip_grad_norm, precision=train.precision,
+        eval_every_steps=None if smoke else train.eval_every_steps, log_every_steps=train.log_every_steps,
+        monitor=parts.monitor, monitor_higher_is_better=parts.monitor_higher_is_better,
+        monitor_min_delta=train.early_stopping.min_delta, seed=exp.seed,
+    )
+    engine = Engine(parts.model, optimizer, lambda step: 1.0, parts.loss, parts.evaluator, parts.device, cfg,
+                    callbacks)
+    total = engine.total_steps(parts.data.split("train"))
+    engine.schedule = SCHEDULES.build(exp.schedule.name, exp.schedule.params,
+                                      warmup_steps=exp.schedule.warmup_steps, total_steps=total)
+    return engine
+
+
+# ---- running ---------------------------------------------------------------------------------
+def run_path(exp: Experiment, opts: RunOptions, stage: str) -> Path:
+    """--run-dir, else the config's run_dir, else runs/<config folder>/<config name>."""
+    if opts.run_dir:
+        return Path(opts.run_dir)
+    if opts.from_run is not None:
+        return opts.from_run / f"eval-{exp.eval.split}"
+    if exp.run_dir:
+        return Path(exp.run_dir)
+    if opts.config_path is not None:
+        parent = opts.config_path.parent.name
+        return Path("runs") / parent / opts.config_path.stem if parent else Path("runs") / opts.config_path.stem
+    return Path("runs") / stage
+
+
+def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions, console: Console,
+                     lineage: dict) -> dict:
+    """Fit with checkpoints, evaluate the best weights on val and the eval split, write the report."""
+    path = run_path(exp, opts, stage)
+    run = RunDir.check(path, opts.mode, needed_bytes=3 * model_bytes(parts.model))
+    train, val = parts.data.split("train"), parts.data.splits.get("val")
+    checkpointer = Checkpointer(run, exp.train.keep_last, parts.monitor)
+    callbacks: list = [MetricsLog(run), checkpointer]
+    if exp.train.early_stopping.patience:
+        callbacks.append(EarlyStopping(exp.train.early_stopping.patience, parts.monitor))
+    engine = build_engine(exp, parts, (), smoke=opts.smoke)
+    total = engine.total_steps(train)
+    progress = ConsoleProgress(console, total, None if exp.train.max_steps else engine.cfg.epochs, parts.monitor,
+                               stage)
+    engine.callbacks = callbacks + [progress]
+    exp.run_dir = str(path.absolute())
+    state = TrainState()
+    if opts.resume and (run.path / "config.yaml").is_file():
+        state = restore_training(run, exp, engine, console)
+        if state is None:
+            return _report_of_completed(run, console)
+    run.create(opts.mode)
+    started = start_run(run, stage, exp, parts, opts, lineage, resumed_at=state.step if opts.resume else None)
+    console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {total} steps on "
+                 f"{parts.device}; run dir {path}")
+    tic = time.perf_counter()
+    try:
+        engine.fit(train, val, state)
+    except Interrupted:
+        run.update_run(status="interrupted", ended_at=now(), step=state.step)
+        raise
+    except TransferError as exc:
+        run.update_run(status="failed", ended_at=now(), step=state.step, error=str(exc))
+        raise
+    except BaseException as exc:
+        run.update_run(status="failed", ended_at=now(), step=state.step, error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        progress.close()
+    train_seconds = time.perf_counter() - tic
+    if state.stop_reason:
+        console.info(state.stop_reason)
+    checkpoint = _load_best(run, parts.model)
+    tic = time.perf_counter()
+    metrics = {"val": parts.evaluator(val)} if val is not None else {}
+    if exp.eval.split != "val":
+        metrics[exp.eval.split] = parts.evaluator(parts.data.split(exp.eval.split))
+    steps_run = state.step - (started.get("resumed_at") or 0)
+    timings = {"train_seconds": round(train_seconds, 3), "eval_seconds": round(time.perf_counter() - tic, 3),
+               "steps": state.step, "steps_per_second": round(steps_run / train_seconds, 2) if train_seconds else None}
+    report = make_report(stage, exp, parts, metrics, lineage, timings, opts, checkpoint, state.stop_reason)
+    finish_run(run, report, started)
+    console.table(f"{stage} {exp.name or ''}".strip() + f" ({checkpoint['kind']} weights, step {checkpoint['step']})",
+                  metrics)
+    return report
+
+
+def _load_best(run: RunDir, model: nn.Module) -> dict:
+    """Put the best checkpoint's weights into the model (the weights a later stage starts from)."""
+    target = ckpt.alias_target(run.checkpoints, "best") or ckpt.alias_target(run.checkpoints, "last")
+    model.load_state_dict(ckpt.read_weights(target / ckpt.WEIGHTS))
+    meta = ckpt.read_meta(target)
+    kind = "best" if target == ckpt.alias_target(run.checkpoints, "best") else "last"
+    return {"kind": kind, "path": str(target), "step": meta.get("step"), "monitor": meta.get("monitor"),
+            "value": meta.get("value")}
+
+
+def _report_of_completed(run: RunDir, console: Console) -> dict:
+    import json
+
+    console.info(f"{run.path} is already completed; nothing to resume")
+    return json.loads((run.path / "report.json").read_text())
+
+
+def start_run(run: RunDir, stage: str, exp: Experiment, parts: Parts, opts: RunOptions, lineage: dict,
+              resumed_at: Optional[int] = None) -> dict:
+    """Write config.yaml and run.json (status running)."""
+    run.write_config(exp.model_dump(mode="json"))
+    previous = run.read_run() if resumed_at is not None else {}
+    info = {
+        "stage": stage, "status": "running", "command": " ".join(command_line()), "cwd": str(Path.cwd()),
+        "started_at": previous.get("started_at", now()), "ended_at": None, "versions": versions(),
+        "device": device_name(parts.device), "seed": exp.seed, "git_commit": git_commit(), "smoke": opts.smoke,
+        "lineage": lineage, "data": data_info(exp, parts.data), "model": model_info(exp, parts.model),
+    }
+    if resumed_at is not None:
+        info["resumed"] = previous.get("resumed", []) + [{"at": now(), "step": resumed_at}]
+        info["resumed_at"] = resumed_at
+    run.write_run(info)
+    return info
+
+
+def finish_run(run: RunDir, report: dict, started: dict) -> None:
+    write_report(run, report)
+    run.update_run(status="completed", ended_at=now())
+
+
+def make_report(stage: str, exp: Experiment, parts: Parts, metrics: dict, lineage: dict, timings: dict,
+                opts: RunOptions, checkpoint: Optional[dict], stop_reason: Optional[str] = None) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION, "stage": stage, "name": exp.name, "smoke": opts.smoke,
+        "metrics": metrics, "monitor": parts.monitor, "checkpoint": checkpoint, "stop_reason": stop_reason,
+        "data": data_info(exp, parts.data), "lineage": lineage, "timings": timings,
+    }
+
+
+def data_info(exp: Experiment, data: DataBundle) -> dict:
+    return {"name": exp.data.name, "task": data.task, "num_outputs": data.num_outputs,
+            "class_names": data.class_names, "input_shape": list(data.input_shape),
+            "sizes": {name: len(split) for name, split in data.splits.items()}, **data.info}
+
+
+def model_info(exp: Experiment, model: nn.Module) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"name": exp.model.name, "parameters": total, "trainable": trainable}
+
+
+def model_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def data_line(data: DataBundle) -> str:
+    sizes = "/".join(str(len(s)) for s in data.splits.values())
+    return f"data {data.task} {data.num_outputs} outputs, {'/'.join(data.splits)} = {sizes}"
+
+
+def model_line(exp: Experiment, model: nn.Module) -> str:
+    info = model_info(exp, model)
+    return f"model {info['name']} {info['parameters']:,} params ({info['trainable']:,} trainable)"

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def _run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:

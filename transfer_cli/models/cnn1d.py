@@ -15,6 +15,7 @@ from transfer_cli.registry import Params
 class CNN1dParams(Params):
     channels: list[int] = Field(default_factory=lambda: [32, 32, 64], min_length=1)
     kernel_size: int = Field(5, ge=1)
+    downsample: bool = Field(True, description="halve the length (max-pool 2) after every block but the last")
     pool: Literal["max", "avg"] = "max"
     activation: Literal["relu", "gelu", "silu"] = "relu"
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -22,17 +23,17 @@ class CNN1dParams(Params):
 
 @MODELS.register("cnn1d", params=CNN1dParams)
 def build_cnn1d(params: CNN1dParams, *, input_shape: tuple[int, ...], num_outputs: int) -> TransferModel:
-    """Conv1d blocks (conv -> batch norm -> activation), then global pooling over time."""
+    """Conv1d blocks (conv -> batch norm -> activation [-> max-pool 2]), then global pooling over time."""
     expect_rank("cnn1d", input_shape, 2, "signals (C, L)")
     backbone = nn.Sequential()
     width = input_shape[0]
     names = []
     for i, out in enumerate(params.channels):
-        block = nn.Sequential(
-            nn.Conv1d(width, out, params.kernel_size, padding=params.kernel_size // 2, bias=False),
-            nn.BatchNorm1d(out),
-            activation(params.activation),
-        )
+        layers = [nn.Conv1d(width, out, params.kernel_size, padding=params.kernel_size // 2, bias=False),
+                  nn.BatchNorm1d(out), activation(params.activation)]
+        if params.downsample and i < len(params.channels) - 1:
+            layers.append(nn.MaxPool1d(2))
+        block = nn.Sequential(*layers)
         backbone.add_module(f"block{i}", block)
         names.append(f"block{i}")
         width = out

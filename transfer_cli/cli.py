@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, List, Optional
 import typer
 
 from transfer_cli import __version__
-from transfer_cli.errors import Terminated, TransferError
+from transfer_cli.errors import Interrupted, Terminated, TransferError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -54,7 +54,7 @@ def _execute(action: Callable[[Any], Any], json_mode: bool, quiet: bool, debug: 
 
     console = Console(quiet=quiet, json_mode=json_mode)
     try:
-        with _sigterm_as_interrupt():
+        with _signals_handled():
             result = action(console)
     except TransferError as exc:
         if debug:
@@ -82,9 +82,10 @@ def _execute(action: Callable[[Any], Any], json_mode: bool, quiet: bool, debug: 
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the command like Ctrl-C (exit 143). The training loop installs its own
-    handlers, which finish the step and write a checkpoint first."""
+def _signals_handled() -> Iterator[None]:
+    """SIGTERM stops the command like Ctrl-C (exit 143). Once the command is stopping, further
+    SIGINT/SIGTERM are ignored so that they cannot cut its shutdown short. (The training loop
+    installs its own handlers, which finish the step and write a checkpoint first.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -93,10 +94,18 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, terminate)
+    stopping = False
     try:
         yield
+    except (KeyboardInterrupt, Interrupted):
+        stopping = True
+        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if stopping:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _stage(stage: str, source: Path, sets: Optional[List[str]], options: dict, **refs: Optional[str]) -> Callable:

@@ -254,8 +254,10 @@ class Engine:
         try:
             yield
         finally:
+            # after a stop request the process is on its way out: later signals stay harmless
+            # notes, so that they cannot cut short the writing of run.json
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                signal.signal(sig, request_stop if self._signal is not None else handler)
 
     def _stop_if_signalled(self, state: TrainState) -> None:
         if self._signal is None:

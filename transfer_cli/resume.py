@@ -24,9 +24,9 @@ def restore_training(run: RunDir, exp: Experiment, engine: Engine, console: Cons
     complete one is used; if checkpoints exist but none is usable, it fails: never a silent
     restart from step 0.
     """
+    check_same_config(run, exp)
     if run.read_run().get("status") == "completed":
         return None
-    check_same_config(run, exp)
     for path in reversed(ckpt.complete_checkpoints(run.checkpoints)):
         try:
             ckpt.verify(path)
@@ -80,7 +80,10 @@ def check_same_config(run: RunDir, exp: Experiment) -> None:
         stored = run.read_config()
     except (OSError, ValueError) as exc:
         raise RunDirError(f"cannot resume {run.path}: its config.yaml is unreadable ({exc})") from None
-    differences = _diff(stored, exp.model_dump(mode="json"))
+    # where the run lives is not part of the experiment: a run dir that was moved resumes
+    stored = {k: v for k, v in (stored or {}).items() if k != "run_dir"}
+    current = {k: v for k, v in exp.model_dump(mode="json").items() if k != "run_dir"}
+    differences = _diff(stored, current)
     if differences:
         shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
         raise RunDirError(f"cannot resume {run.path}: the config differs from the run's config.yaml at {shown}. "

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import read_json, run_cli
-from reliability_tools import assert_same_run, read_until, start_cli, wait_until
+from reliability_tools import ENV, ROOT, assert_same_run, read_until, start_cli, wait_until
 
 from transfer_cli import checkpoint as ckpt
 from transfer_cli.rundir import RunDir
@@ -108,3 +111,13 @@ def test_10_sigint_sigterm_checkpoint_then_exit_130_143(tiny: Path) -> None:
     assert_same_run(reference, run)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [100, 200, 300, 400]
+
+
+@pytest.mark.slow
+def test_07_chaos_script_reports_identical(tmp_path: Path) -> None:
+    """scripts/chaos.sh, the re-checkable form of property 7, on the built-in task (minutes)."""
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "chaos.sh"), "3", str(tmp_path)],
+                            env={**ENV, "CHAOS_SEED": "7"}, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "VERDICT: IDENTICAL" in result.stdout
+    assert result.stdout.count("kill -9 #") == 3

@@ -7,12 +7,14 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import read_json, run_cli, tree_digest
-from reliability_tools import (RESUMABLE, alias_name, assert_same_run, copy_run, flip_byte, rewind,
+from reliability_tools import (ENV, RESUMABLE, ROOT, alias_name, assert_same_run, copy_run, flip_byte, rewind,
                                weights_of)
 
 from transfer_cli import checkpoint as ckpt
@@ -210,3 +212,9 @@ def test_13_determinism_same_seed_identical_different_seed_differs(tiny: Path) -
     other = _reference(tiny, "--set", "seed=1", name="other")
     assert RunDir(other).read_metrics(wall_clock=False) != RunDir(first).read_metrics(wall_clock=False)
     assert weights_of(other, "last") != weights_of(first, "last")
+    # the comparison scripts/chaos.sh relies on tells the two cases apart
+    script = [sys.executable, str(ROOT / "scripts" / "compare_runs.py")]
+    same = subprocess.run(script + [str(first), str(second)], env=ENV, capture_output=True, text=True, timeout=60)
+    assert same.returncode == 0 and "DIFFERENT" not in same.stdout, same.stdout + same.stderr
+    differ = subprocess.run(script + [str(first), str(other)], env=ENV, capture_output=True, text=True, timeout=60)
+    assert differ.returncode == 1 and "DIFFERENT  metrics.jsonl" in differ.stdout, differ.stdout + differ.stderr

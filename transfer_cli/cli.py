@@ -3,16 +3,19 @@ errors to exit codes. torch is imported only when a command runs, so --help is i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import typer
 
 from transfer_cli import __version__
-from transfer_cli.errors import TransferError
+from transfer_cli.errors import Interrupted, Terminated, TransferError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -51,15 +54,22 @@ def _execute(action: Callable[[Any], Any], json_mode: bool, quiet: bool, debug: 
 
     console = Console(quiet=quiet, json_mode=json_mode)
     try:
-        result = action(console)
+        with _signals_handled():
+            result = action(console)
     except TransferError as exc:
         if debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        raise typer.Exit(130) from None
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+    except OSError as exc:  # the environment, not a bug: a full disk, a lost mount, a permission
+        if debug:
+            traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        raise typer.Exit(1) from None
     except Exception as exc:  # noqa: BLE001  a bug or an environment fault: say so, exit 1
         if debug:
             traceback.print_exc()
@@ -69,6 +79,33 @@ def _execute(action: Callable[[Any], Any], json_mode: bool, quiet: bool, debug: 
         raise typer.Exit(1) from None
     if json_mode:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def _signals_handled() -> Iterator[None]:
+    """SIGTERM stops the command like Ctrl-C (exit 143). Once the command is stopping, further
+    SIGINT/SIGTERM are ignored so that they cannot cut its shutdown short. (The training loop
+    installs its own handlers, which finish the step and write a checkpoint first.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    stopping = False
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted):
+        stopping = True
+        raise
+    finally:
+        if stopping:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _stage(stage: str, source: Path, sets: Optional[List[str]], options: dict, **refs: Optional[str]) -> Callable:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -169,12 +170,16 @@ class Engine:
     def _check_finite(self, state: TrainState) -> None:
         # On CPU reading the running sum costs nothing; on an accelerator it would sync every
         # step, so there the check waits for the next evaluation.
-        if self.device.type != "cpu" and state.step % (self.cfg.eval_every_steps or 1 << 30):
-            return
-        if not torch.isfinite(self._loss_sum):
-            raise RunFailed(f"the loss became NaN/Inf at step {state.step} (epoch {state.epoch + 1}); "
-                            f"the run is stopped; earlier checkpoints are intact. Try a lower optim.lr, "
-                            f"train.clip_grad_norm, or train.precision: fp32")
+        if self.device.type == "cpu" and not torch.isfinite(self._loss_sum):
+            raise self._diverged("loss", state, state.step)
+
+    def _diverged(self, what: str, state: TrainState, step: Optional[int] = None) -> RunFailed:
+        """The error for a NaN/Inf `what`, at `step` when known exactly, else since the last evaluation."""
+        where = f"at step {step}" if step is not None else \
+            f"between steps {(state.last_eval_step or 0) + 1} and {state.step}"
+        return RunFailed(f"the {what} became NaN/Inf {where} (epoch {state.epoch + 1}); the run is stopped; "
+                         f"earlier checkpoints are intact. Try a lower optim.lr, train.clip_grad_norm, "
+                         f"or train.precision: fp32")
 
     # ---- evaluation --------------------------------------------------------------------------
     def _eval_point(self, val: Optional[TensorSplit], state: TrainState) -> None:
@@ -184,12 +189,13 @@ class Engine:
         if self._loss_count:
             record["train/loss"] = self._loss_sum.item() / self._loss_count
             if not math.isfinite(record["train/loss"]):
-                state.last_eval_step = state.step
-                self._check_finite(state)
+                raise self._diverged("loss", state)
         self._loss_sum.zero_()
         self._loss_count = 0
         if val is not None:
             record.update({f"val/{k}": v for k, v in self.evaluate(val).items()})
+            if not math.isfinite(record["val/loss"]):  # broken weights: stop before they are checkpointed
+                raise self._diverged("validation loss", state, state.step)
         improved = self._update_best(state, record)
         state.last_eval_step = state.step
         state.history.append({k: record[k] for k in record if k != "time"})
@@ -214,12 +220,18 @@ class Engine:
 
     # ---- state -------------------------------------------------------------------------------
     def training_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        # the running loss sum too: a checkpoint written between evaluations (on a signal) must
+        # give the next evaluation the same train/loss as a run that never stopped
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "loss_sum": self._loss_sum.detach().cpu().clone(), "loss_count": self._loss_count}
 
     def load_training_state(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if "loss_sum" in state:
+            self._loss_sum = state["loss_sum"].to(self.device)
+            self._loss_count = state["loss_count"]
 
     # ---- signals -----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -233,14 +245,19 @@ class Engine:
         def request_stop(signum: int, frame: Any) -> None:
             if self._signal is None:
                 self._signal = signum
+            else:  # a second signal must not break the checkpoint being written: say so, carry on
+                print(f"{signal.Signals(signum).name} again: finishing the current step and its checkpoint, "
+                      f"then exiting", file=sys.stderr, flush=True)
 
         for sig in previous:
             signal.signal(sig, request_stop)
         try:
             yield
         finally:
+            # after a stop request the process is on its way out: later signals stay harmless
+            # notes, so that they cannot cut short the writing of run.json
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                signal.signal(sig, request_stop if self._signal is not None else handler)
 
     def _stop_if_signalled(self, state: TrainState) -> None:
         if self._signal is None:

@@ -18,7 +18,10 @@ class ConfigError(TransferError):
 
     def __init__(self, problems: list[str], header: str = "invalid config") -> None:
         self.problems = problems
-        lines = [f"{header} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
+        if len(problems) == 1:  # one problem, one line
+            super().__init__(f"{header}: {problems[0]}")
+            return
+        lines = [f"{header} ({len(problems)} problems):"]
         lines += [f"  - {p}" for p in problems]
         super().__init__("\n".join(lines))
 
@@ -47,3 +50,8 @@ class Interrupted(TransferError):
     def __init__(self, message: str, exit_code: int = 130) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop: the command stops like on Ctrl-C, with exit code 143.
+    A KeyboardInterrupt (not an Exception) so that no `except Exception` swallows it."""

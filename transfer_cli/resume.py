@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Any, Optional
 
 from transfer_cli import checkpoint as ckpt
@@ -14,43 +17,61 @@ from transfer_cli.seeding import set_rng_state
 
 
 def restore_training(run: RunDir, exp: Experiment, engine: Engine, console: Console) -> Optional[TrainState]:
-    """Load weights, optimizer, scaler, RNG and counters from the newest readable checkpoint.
+    """Load weights, optimizer, scaler, RNG and counters from the newest usable checkpoint.
 
-    Returns None when the run already completed. A corrupt newest checkpoint falls back to the
-    previous complete one with a warning; if checkpoints exist but none is readable, it fails.
+    Returns None when the run already completed. A checkpoint that fails its integrity check
+    or cannot be read is set aside (renamed `unusable-step-*`) with a warning and the previous
+    complete one is used; if checkpoints exist but none is usable, it fails: never a silent
+    restart from step 0.
     """
+    check_same_config(run, exp)
     if run.read_run().get("status") == "completed":
         return None
-    check_same_config(run, exp)
-    for path in _candidates(run):
+    for path in reversed(ckpt.complete_checkpoints(run.checkpoints)):
         try:
+            ckpt.verify(path)
             weights = ckpt.read_weights(path / ckpt.WEIGHTS)
             state = ckpt.load_state(path)
             engine.model.load_state_dict(weights)
             engine.load_training_state(state["engine"])
-        except (CheckpointError, KeyError, RuntimeError, ValueError) as exc:
-            console.warn(f"checkpoint {path} is unusable ({exc}); trying the previous one")
+            train_state = TrainState.from_dict(state["train_state"])
+        except (CheckpointError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+            aside = _set_aside(path)
+            console.warn(f"checkpoint {path.name} is unusable ({exc}); moved it to {aside.name} and trying the "
+                         f"previous one")
             continue
         set_rng_state(state["rng"])
         run.truncate_metrics(state["metrics_size"])
-        train_state = TrainState.from_dict(state["train_state"])
+        _repair_aliases(run, path, train_state)
         console.info(f"resuming {run.path} from step {train_state.step} ({path.name})")
         return train_state
-    if ckpt.complete_checkpoints(run.checkpoints):
-        raise CheckpointError(f"cannot resume {run.path}: no checkpoint in {run.checkpoints} is readable; "
+    if _has_checkpoints(run.checkpoints):
+        raise CheckpointError(f"cannot resume {run.path}: no checkpoint in {run.checkpoints} is usable; "
                               f"use --overwrite to start again")
-    console.warn(f"{run.path} has no complete checkpoint yet; starting it again from step 0")
+    console.warn(f"{run.path} has no checkpoint yet; starting it again from step 0")
     run.truncate_metrics(0)
     return TrainState()
 
 
-def _candidates(run: RunDir) -> list:
-    """`last` first, then every other complete checkpoint, newest first."""
-    last = ckpt.alias_target(run.checkpoints, "last")
-    others = [p for p in reversed(ckpt.complete_checkpoints(run.checkpoints)) if p != last]
-    if last is None and others:
-        return others
-    return ([last] if last else []) + others
+def _has_checkpoints(root: Path) -> bool:
+    return root.is_dir() and any(p.name.startswith(("step-", "unusable-step-")) for p in root.iterdir())
+
+
+def _set_aside(path: Path) -> Path:
+    """Keep an unusable checkpoint for inspection, out of the way of resuming and retention."""
+    aside = path.with_name(f"unusable-{path.name}")
+    if aside.exists():
+        shutil.rmtree(aside)
+    os.rename(path, aside)
+    return aside
+
+
+def _repair_aliases(run: RunDir, resumed: Path, state: TrainState) -> None:
+    """Point `last` at the checkpoint resumed from and `best` at the best step's checkpoint:
+    a run killed between writing a checkpoint and switching the aliases left them behind."""
+    ckpt.point(run.checkpoints, "last", resumed)
+    best = resumed if state.best_step is None else ckpt.step_dir(run.checkpoints, state.best_step)
+    ckpt.point(run.checkpoints, "best", best if ckpt.is_complete(best) else resumed)
 
 
 def check_same_config(run: RunDir, exp: Experiment) -> None:
@@ -59,7 +80,10 @@ def check_same_config(run: RunDir, exp: Experiment) -> None:
         stored = run.read_config()
     except (OSError, ValueError) as exc:
         raise RunDirError(f"cannot resume {run.path}: its config.yaml is unreadable ({exc})") from None
-    differences = _diff(stored, exp.model_dump(mode="json"))
+    # where the run lives is not part of the experiment: a run dir that was moved resumes
+    stored = {k: v for k, v in (stored or {}).items() if k != "run_dir"}
+    current = {k: v for k, v in exp.model_dump(mode="json").items() if k != "run_dir"}
+    differences = _diff(stored, current)
     if differences:
         shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
         raise RunDirError(f"cannot resume {run.path}: the config differs from the run's config.yaml at {shown}. "

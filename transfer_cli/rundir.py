@@ -8,6 +8,7 @@ it (only if it is a run directory), anything else is refused without touching it
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -21,6 +22,18 @@ from transfer_cli.errors import RunDirError
 
 Mode = Literal["new", "overwrite", "resume"]
 MIN_FREE_BYTES = 50 * 2**20
+# Fields of metrics.jsonl records that hold the time of day: they differ between two runs that
+# are otherwise bit-identical, so comparisons of runs leave them out.
+WALL_CLOCK_FIELDS = ("time",)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -62,19 +75,55 @@ class RunDir:
         _check_writable(path, needed_bytes)
         return run
 
-    def create(self, mode: Mode, checkpoints: bool = True) -> None:
-        """Make the directory (replacing an old run when overwriting). Call only once all inputs
-        are known to be good, so that a failed command leaves the old run as it was."""
-        if mode == "overwrite" and self.path.exists():
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        if checkpoints:
-            self.checkpoints.mkdir(exist_ok=True)
+    def create(self, mode: Mode, files: dict[str, str], checkpoints: bool = True) -> None:
+        """Make the run directory with its first files (config.yaml, run.json) in one step.
+
+        Call only once all inputs are known to be good. The files are written into a hidden
+        sibling that is then renamed into place, so a crash at any moment leaves no run dir
+        (or, when overwriting, the old run) or a started run with its run.json: never a
+        half-made directory. Resuming rewrites the files in place.
+        """
+        if mode == "resume" and self.path.is_dir():
+            for name, text in files.items():
+                write_atomic(self.path / name, text)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.parent / f".{self.path.name}.new-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.mkdir()
+            if checkpoints:
+                (staging / "checkpoints").mkdir()
+            for name, text in files.items():
+                write_atomic(staging / name, text)
+            old = self._replace_with(staging, overwrite=mode == "overwrite")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old)
+
+    def _replace_with(self, staging: Path, overwrite: bool) -> Path | None:
+        """Rename `staging` to the run dir (an existing one is renamed aside first when
+        overwriting; returns where it went, to be deleted once the new one is in place)."""
+        aside = None
+        if overwrite and self.path.exists():
+            aside = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(self.path, aside)
+        try:
+            os.rename(staging, self.path)  # onto a missing or an empty directory
+        except OSError as exc:
+            if aside is not None:
+                os.rename(aside, self.path)
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise RunDirError(f"run dir {self.path} was created by another command while this one was "
+                                  f"starting; left it as it is") from None
+            raise
+        fsync_dir(self.path.parent)
+        return aside
 
     # ---- files -------------------------------------------------------------------------------
-    def write_config(self, config: dict) -> None:
-        write_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-
     def read_config(self) -> dict:
         return yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8"))
 
@@ -85,7 +134,7 @@ class RunDir:
             return {}
 
     def write_run(self, info: dict[str, Any]) -> None:
-        write_atomic(self.run_file, json.dumps(info, indent=2, default=str) + "\n")
+        write_atomic(self.run_file, self.run_text(info))
 
     def update_run(self, **fields: Any) -> dict[str, Any]:
         info = self.read_run()
@@ -93,9 +142,25 @@ class RunDir:
         self.write_run(info)
         return info
 
+    def config_text(self, config: dict) -> str:
+        return yaml.safe_dump(config, sort_keys=False)
+
+    def run_text(self, info: dict[str, Any]) -> str:
+        return json.dumps(info, indent=2, default=str) + "\n"
+
     def log(self, record: dict[str, Any]) -> None:
         with open(self.metrics_file, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+    def read_metrics(self, wall_clock: bool = True) -> list[dict[str, Any]]:
+        """The records of metrics.jsonl; without the wall-clock fields (WALL_CLOCK_FIELDS) when
+        `wall_clock` is False: what two runs of the same config and seed must agree on."""
+        if not self.metrics_file.exists():
+            return []
+        records = [json.loads(line) for line in self.metrics_file.read_text(encoding="utf-8").splitlines() if line]
+        if not wall_clock:
+            records = [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in records]
+        return records
 
     def metrics_size(self) -> int:
         return self.metrics_file.stat().st_size if self.metrics_file.exists() else 0
@@ -113,10 +178,17 @@ class RunDir:
 def _check_writable(path: Path, needed_bytes: int) -> None:
     """Refuse an unwritable or full disk up front, before training time is spent."""
     probe_dir = path
-    while not probe_dir.exists():
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
         probe_dir = probe_dir.parent
-    if not os.access(probe_dir, os.W_OK | os.X_OK):
-        raise RunDirError(f"cannot write the run dir {path}: {probe_dir} is not writable")
+    if not probe_dir.is_dir():
+        raise RunDirError(f"cannot write the run dir {path}: {probe_dir} is a file, not a directory")
+    try:  # actually write: permission bits do not stop root, a read-only file system does
+        fd, probe = tempfile.mkstemp(prefix=".transfer-write-test-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RunDirError(f"cannot write the run dir {path}: {probe_dir} is not writable "
+                          f"({exc.strerror or exc})") from None
     free = shutil.disk_usage(probe_dir).free
     needed = max(needed_bytes, MIN_FREE_BYTES)
     if free < needed:

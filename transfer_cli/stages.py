@@ -16,6 +16,7 @@ from transfer_cli.callbacks import Checkpointer, ConsoleProgress, EarlyStopping,
 from transfer_cli.config.schema import Experiment
 from transfer_cli.console import Console
 from transfer_cli.data import DATASETS, DataBundle
+from transfer_cli.data.checks import check_bundle
 from transfer_cli.data.fewshot import select_per_class
 from transfer_cli.engine import Engine, EngineConfig, TrainState
 from transfer_cli.errors import ConfigError, Interrupted, RunFailed, TransferError
@@ -87,7 +88,6 @@ def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     run = RunDir.check(run_path(exp, opts, "evaluate"), opts.mode if opts.mode != "resume" else "overwrite")
     lineage = {"checkpoint": exp.eval.checkpoint, "weights": str(weights), "sha256": sha256_of(weights),
                "source_run": str(source_run) if source_run else None}
-    run.create(opts.mode, checkpoints=False)
     started = start_run(run, "evaluate", exp, parts, opts, lineage)
     tic = time.perf_counter()
     metrics = {exp.eval.split: parts.evaluator(split)}
@@ -145,6 +145,7 @@ def build_parts(exp: Experiment, opts: RunOptions) -> Parts:
 
 def build_data(exp: Experiment) -> DataBundle:
     data = DATASETS.build(exp.data.name, exp.data.params, seed=exp.seed)
+    check_bundle(data, exp.data.name)
     if exp.data.per_class:
         train = data.split("train")
         index = select_per_class(train.y, exp.data.per_class, exp.seed, data.class_names)
@@ -230,21 +231,14 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
         state = restore_training(run, exp, engine, console)
         if state is None:
             return _report_of_completed(run, console)
-    run.create(opts.mode)
     started = start_run(run, stage, exp, parts, opts, lineage, resumed_at=state.step if opts.resume else None)
     console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {total} steps on "
                  f"{parts.device}; run dir {path}")
     tic = time.perf_counter()
     try:
         engine.fit(train, val, state)
-    except Interrupted:
-        run.update_run(status="interrupted", ended_at=now(), step=state.step)
-        raise
-    except TransferError as exc:
-        run.update_run(status="failed", ended_at=now(), step=state.step, error=str(exc))
-        raise
     except BaseException as exc:
-        run.update_run(status="failed", ended_at=now(), step=state.step, error=f"{type(exc).__name__}: {exc}")
+        _record_stop(run, state, exc)
         raise
     finally:
         progress.close()
@@ -266,6 +260,19 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
     return report
 
 
+def _record_stop(run: RunDir, state: TrainState, exc: BaseException) -> None:
+    """run.json after a stop: interrupted or failed. Best effort: when the disk is full this
+    write fails too, and the original error is the one to report."""
+    fields: dict[str, Any] = {"status": "interrupted"}
+    if not isinstance(exc, (Interrupted, KeyboardInterrupt)):
+        error = str(exc) if isinstance(exc, TransferError) else f"{type(exc).__name__}: {exc}"
+        fields = {"status": "failed", "error": error}
+    try:
+        run.update_run(ended_at=now(), step=state.step, **fields)
+    except OSError:
+        pass
+
+
 def _load_best(run: RunDir, model: nn.Module) -> dict:
     """Put the best checkpoint's weights into the model (the weights a later stage starts from)."""
     target = ckpt.alias_target(run.checkpoints, "best") or ckpt.alias_target(run.checkpoints, "last")
@@ -285,8 +292,7 @@ def _report_of_completed(run: RunDir, console: Console) -> dict:
 
 def start_run(run: RunDir, stage: str, exp: Experiment, parts: Parts, opts: RunOptions, lineage: dict,
               resumed_at: Optional[int] = None) -> dict:
-    """Write config.yaml and run.json (status running)."""
-    run.write_config(exp.model_dump(mode="json"))
+    """Create the run dir with config.yaml and run.json (status running)."""
     previous = run.read_run() if resumed_at is not None else {}
     info = {
         "stage": stage, "status": "running", "command": " ".join(command_line()), "cwd": str(Path.cwd()),
@@ -297,7 +303,8 @@ def start_run(run: RunDir, stage: str, exp: Experiment, parts: Parts, opts: RunO
     if resumed_at is not None:
         info["resumed"] = previous.get("resumed", []) + [{"at": now(), "step": resumed_at}]
         info["resumed_at"] = resumed_at
-    run.write_run(info)
+    files = {"config.yaml": run.config_text(exp.model_dump(mode="json")), "run.json": run.run_text(info)}
+    run.create(opts.mode, files, checkpoints=stage != "evaluate")
     return info
 
 

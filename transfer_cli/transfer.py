@@ -3,26 +3,17 @@ and report exactly what was loaded."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from transfer_cli.checkpoint import read_weights, resolve_weights
+from transfer_cli.checkpoint import read_weights, resolve_weights, sha256_of
 from transfer_cli.errors import CheckpointError
 from transfer_cli.models.base import TransferModel
 
 HEAD_PREFIX = "head."
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

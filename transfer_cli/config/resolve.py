@@ -112,6 +112,9 @@ def _ref_problems(ref: Optional[str], key: str, flag: str, origin: str) -> list[
     path = Path(ref.rpartition("@")[0] if ref.endswith(("@last", "@best")) else ref)
     if not path.exists():
         return [f"{origin}: {key}: no such run directory or weights file: {path}"]
+    if path.is_dir() and not (path / "checkpoints").is_dir():
+        return [f"{origin}: {key}: {path} is a directory but not a run directory (no checkpoints/); "
+                f"expected a run directory or a weights file"]
     return []
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from transfer_cli import checkpoint as ckpt
+from transfer_cli.breakdown import Breakdown, class_labels
 from transfer_cli.callbacks import Checkpointer, ConsoleProgress, EarlyStopping, MetricsLog
 from transfer_cli.config.schema import Experiment
 from transfer_cli.console import Console
@@ -19,7 +20,6 @@ from transfer_cli.data import DATASETS, DataBundle
 from transfer_cli.data.fewshot import select_per_class
 from transfer_cli.engine import Engine, EngineConfig, TrainState
 from transfer_cli.errors import ConfigError, Interrupted, RunFailed, TransferError
-from transfer_cli.breakdown import Breakdown, class_labels
 from transfer_cli.evaluation import Evaluator, SplitResult
 from transfer_cli.losses import LOSSES
 from transfer_cli.metrics import (MetricContext, build_metrics, higher_is_better, metric_inputs, metric_names,
@@ -295,7 +295,9 @@ def _report_of_completed(run: RunDir, console: Console) -> dict:
     import json
 
     console.info(f"{run.path} is already completed; nothing to resume")
-    return json.loads((run.path / "report.json").read_text())
+    report = json.loads((run.path / "report.json").read_text())
+    console.show(headline_table(report))
+    return report
 
 
 def start_run(run: RunDir, stage: str, exp: Experiment, parts: Parts, opts: RunOptions, lineage: dict,

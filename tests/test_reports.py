@@ -146,7 +146,7 @@ def test_compare_terminal_json_and_markdown(chain: Path) -> None:
     lines = markdown.stdout.splitlines()
     assert "| metric | finetune | eval-test |" in lines
     accuracy_row = [line for line in lines if line.startswith("| accuracy (micro) |")][0]
-    assert accuracy_row.endswith("(+0) |")  # same data: the difference is shown, and it is zero
+    assert accuracy_row.endswith("(±0) |")  # same data: the difference is shown, and it is zero
 
 
 def test_compare_names_every_unusable_run(chain: Path, tmp_path: Path) -> None:

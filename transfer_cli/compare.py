@@ -128,7 +128,11 @@ def _cell(run: dict[str, Any], name: str) -> str:
         return "-"
     value = format_value(run["metrics"][name])
     delta = run["delta"].get(name)
-    return f"{value} ({delta:+.3g})" if delta is not None else value
+    if delta is None:
+        return value
+    # summation order alone moves a mean in the 7th digit; that is no difference
+    negligible = abs(delta) <= 1e-6 * max(1.0, abs(run["metrics"][name]))
+    return f"{value} ({'±0' if negligible else f'{delta:+.3g}'})"
 
 
 def _weights(run: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from transfer_cli.rundir import RunDir
 from transfer_cli.tables import Table
 
 SCHEMA_VERSION = 1
-METRIC_LABELS = {"accuracy": "accuracy (micro)", "balanced_accuracy": "balanced accuracy (macro recall)"}
+METRIC_LABELS = {"accuracy": "accuracy (micro)"}
 # the order of rows when runs with different metric sets are shown together (transfer compare)
 DISPLAY_ORDER = ("loss", "accuracy", "subset_accuracy", "balanced_accuracy", "precision", "recall", "f1", "macro_f1",
                  "macro_precision", "macro_recall", "top2_accuracy", "top3_accuracy", "top5_accuracy", "nll", "ece",

@@ -91,7 +91,6 @@ class ConsoleProgress(BaseCallback):
         shown = [k for k in self.SHOWN if k in record]
         if self.monitor in record and self.monitor not in shown:
             shown.append(self.monitor)
-        shown += [k for k in record if k.startswith("val/") and k not in shown]
         values = "  ".join(f"{k} {format_value(record[k])}" for k in shown)
         mark = "  *best*" if improved else ""
         self.console.info(f"{self.label} {epoch}  step {state.step}/{self.total}  {values}  "

@@ -156,11 +156,14 @@ def evaluate(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="RUN_OR_WEIGHTS",
                                              help="Weights to evaluate: a run dir (best; RUN@last) or a file."),
     split: Optional[str] = typer.Option(None, "--split", help="train, val or test (default: eval.split)."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", metavar="FILE.csv",
+                                               help="Also write one CSV row per sample: index, true label, "
+                                                    "predicted label, class probabilities."),
     run_dir: Optional[str] = RunDirOpt, sets: Optional[List[str]] = SetOpt, overwrite: bool = OverwriteOpt,
     smoke: bool = SmokeOpt, json_out: bool = JsonOpt, quiet: bool = QuietOpt, debug: bool = DebugOpt,
 ) -> None:
     """Evaluate a checkpoint on a split of the configured data."""
-    options = dict(run_dir=run_dir, overwrite=overwrite, resume=False, smoke=smoke)
+    options = dict(run_dir=run_dir, overwrite=overwrite, resume=False, smoke=smoke, predictions=predictions)
     _execute(_stage("evaluate", source, sets, options, checkpoint=checkpoint, split=split), json_out, quiet, debug)
 
 
@@ -193,6 +196,30 @@ def validate(
         return stages.validate_only(exp, chosen, opts, console)
 
     _execute(action, json_out, quiet, debug)
+
+
+@app.command()
+def compare(
+    runs: List[Path] = typer.Argument(..., metavar="RUN...", help="Run directories (each with a report.json)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Which split to compare (default: the first "
+                                                               "run's eval split)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the table as Markdown (for a pull request)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """One table of several runs' metrics, with each run's difference to the first."""
+
+    def action(console: Any) -> Any:
+        from transfer_cli.compare import compare_runs, comparison_table, load_reports
+
+        comparison = compare_runs(load_reports(runs), split)
+        table = comparison_table(comparison)
+        if markdown:
+            print(f"**{table.title}**\n\n{table.markdown()}")
+        elif not json_out:
+            console.show(table)
+        return comparison
+
+    _execute(action, json_out, quiet=False, debug=False)
 
 
 @app.command("list")

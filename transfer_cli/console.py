@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any, Iterator, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Iterator, Optional, TextIO
+
+if TYPE_CHECKING:
+    from transfer_cli.tables import Table
 
 
 def format_value(value: Any) -> str:
@@ -56,31 +59,23 @@ class Console:
             task = bar.add_task(description, total=total, completed=completed, status="")
             yield _RichProgress(bar, task)
 
-    def table(self, title: str, rows: dict[str, dict[str, Any]]) -> None:
-        """Metrics per split: {split: {metric: value}}."""
-        if self.quiet or not rows:
+    def show(self, table: "Table") -> None:
+        """A table: rich on a terminal, aligned plain text elsewhere."""
+        if self.quiet or not table.rows:
             return
-        columns = sorted({name for values in rows.values() for name in values}, key=_metric_order)
-        if self._rich is not None:
-            from rich.table import Table
-
-            table = Table(title=title)
-            table.add_column("split")
-            for column in columns:
-                table.add_column(column, justify="right")
-            for split, values in rows.items():
-                table.add_row(split, *[format_value(values.get(c, "")) for c in columns])
-            self._rich.print(table)
+        if self._rich is None:
+            self._print(table.plain())
             return
-        width = max(len(c) for c in columns + ["split"]) + 2
-        lines = [title, "split".ljust(8) + "".join(c.rjust(width) for c in columns)]
-        for split, values in rows.items():
-            lines.append(split.ljust(8) + "".join(format_value(values.get(c, "")).rjust(width) for c in columns))
-        self._print("\n".join(lines))
+        from rich.table import Table as RichTable
 
-
-def _metric_order(name: str) -> tuple[int, str]:
-    return (0 if name == "loss" else 1, name)
+        rich_table = RichTable(title=table.title)
+        for i, column in enumerate(table.header):
+            rich_table.add_column(column, justify="left" if i == 0 else "right")
+        for row in table.rows:
+            rich_table.add_row(*row)
+        self._rich.print(rich_table)
+        for note in table.notes:
+            self._print(note)
 
 
 class _NoProgress:

@@ -1,14 +1,17 @@
-"""Evaluation of a model over a split: mean loss and the configured metrics."""
+"""Evaluation of a model over a split: mean loss and the configured metrics, and for the final
+report the breakdown (confusion matrix, per-class table, calibration) and the predictions."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 import torchmetrics
 from torch import nn
 
+from transfer_cli.breakdown import Breakdown
 from transfer_cli.data.bundle import TensorSplit
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -20,21 +23,45 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
+@dataclass
+class SplitResult:
+    """One split evaluated: scalar metrics, and on request the breakdown and the predictions
+    (probabilities or values, on the CPU, in split order) with their targets."""
+
+    metrics: dict[str, float]
+    size: int = 0
+    breakdown: Optional[dict[str, Any]] = None
+    predictions: Optional[torch.Tensor] = None
+    targets: Optional[torch.Tensor] = None
+
+
+MetricInputs = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 class Evaluator:
     def __init__(self, model: nn.Module, loss_fn: nn.Module, metrics: torchmetrics.MetricCollection,
-                 predict: Callable[[torch.Tensor], torch.Tensor], device: torch.device, batch_size: int,
-                 precision: str = "fp32", batch_limit: Optional[int] = None) -> None:
-        self.model, self.loss_fn, self.predict, self.device = model, loss_fn, predict, device
+                 metric_inputs: MetricInputs, device: torch.device, batch_size: int,
+                 precision: str = "fp32", batch_limit: Optional[int] = None,
+                 breakdown: Optional[Breakdown] = None) -> None:
+        self.model, self.loss_fn, self.metric_inputs, self.device = model, loss_fn, metric_inputs, device
         self.metrics = metrics.to(device)
+        self.breakdown = breakdown.to(device) if breakdown is not None else None
         self.batch_size, self.precision, self.batch_limit = batch_size, precision, batch_limit
 
-    @torch.inference_mode()
     def __call__(self, split: TensorSplit) -> dict[str, float]:
-        """Loss and metrics over `split`; the model's train/eval mode is restored afterwards."""
+        """Loss and metrics over `split` (what the engine logs at each evaluation)."""
+        return self.run(split).metrics
+
+    @torch.inference_mode()
+    def run(self, split: TensorSplit, detailed: bool = False, keep_predictions: bool = False) -> SplitResult:
+        """Evaluate `split`; `detailed` adds the breakdown, `keep_predictions` the predictions.
+        The model's train/eval mode is restored afterwards."""
         was_training = self.model.training
         self.model.eval()
+        breakdown = self.breakdown if detailed else None
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         count = 0
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i, (x, y) in enumerate(split.batches(self.batch_size, self.device)):
             if self.batch_limit is not None and i >= self.batch_limit:
                 break
@@ -42,9 +69,19 @@ class Evaluator:
                 out = self.model(x).float()
             loss_sum += self.loss_fn(out, y).double() * len(y)
             count += len(y)
-            self.metrics.update(self.predict(out), y)
-        result = {"loss": (loss_sum / max(count, 1)).item()}
-        result.update({name: float(value) for name, value in self.metrics.compute().items()})
+            preds, target = self.metric_inputs(out, y)
+            self.metrics.update(preds, target)
+            if breakdown is not None:
+                breakdown.update(preds, target)
+            if keep_predictions:
+                kept.append((preds.cpu(), target.cpu()))
+        result = SplitResult({"loss": (loss_sum / max(count, 1)).item()}, size=count)
+        result.metrics.update({name: float(value) for name, value in self.metrics.compute().items()})
         self.metrics.reset()
+        if breakdown is not None:
+            result.breakdown = breakdown.compute()
+            breakdown.reset()
+        if kept:
+            result.predictions, result.targets = torch.cat([p for p, _ in kept]), torch.cat([t for _, t in kept])
         self.model.train(was_training)
         return result

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from transfer_cli import checkpoint as ckpt
+from transfer_cli.breakdown import Breakdown, class_labels
 from transfer_cli.callbacks import Checkpointer, ConsoleProgress, EarlyStopping, MetricsLog
 from transfer_cli.config.schema import Experiment
 from transfer_cli.console import Console
@@ -20,13 +21,16 @@ from transfer_cli.data.checks import check_bundle
 from transfer_cli.data.fewshot import select_per_class
 from transfer_cli.engine import Engine, EngineConfig, TrainState
 from transfer_cli.errors import ConfigError, Interrupted, RunFailed, TransferError
-from transfer_cli.evaluation import Evaluator
+from transfer_cli.evaluation import Evaluator, SplitResult
 from transfer_cli.losses import LOSSES
-from transfer_cli.metrics import build_metrics, higher_is_better, metric_names, to_predictions
+from transfer_cli.metrics import (MetricContext, build_metrics, higher_is_better, metric_inputs, metric_names,
+                                  resolve_threshold)
 from transfer_cli.models import MODELS, TransferModel
 from transfer_cli.optim import OPTIMIZERS, param_groups
+from transfer_cli.predictions import check_target as check_predictions_target
+from transfer_cli.predictions import write_predictions
 from transfer_cli.provenance import command_line, device_name, git_commit, now, versions
-from transfer_cli.report import SCHEMA_VERSION, write_report
+from transfer_cli.report import SCHEMA_VERSION, headline_table, write_report
 from transfer_cli.resume import restore_training
 from transfer_cli.rundir import RunDir
 from transfer_cli.schedules import SCHEDULES
@@ -47,6 +51,7 @@ class RunOptions:
     resume: bool = False
     smoke: bool = False
     from_run: Optional[Path] = None
+    predictions: Optional[Path] = None
 
     @property
     def mode(self) -> str:
@@ -62,6 +67,7 @@ class Parts:
     monitor: str
     monitor_higher_is_better: bool
     device: torch.device
+    context: MetricContext
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -86,15 +92,22 @@ def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     weights, source_run = load_exact(parts.model, exp.eval.checkpoint)
     split = parts.data.split(exp.eval.split)
     run = RunDir.check(run_path(exp, opts, "evaluate"), opts.mode if opts.mode != "resume" else "overwrite")
+    predictions = check_predictions_target(opts.predictions, opts.overwrite) if opts.predictions else None
     lineage = {"checkpoint": exp.eval.checkpoint, "weights": str(weights), "sha256": sha256_of(weights),
                "source_run": str(source_run) if source_run else None}
     started = start_run(run, "evaluate", exp, parts, opts, lineage)
     tic = time.perf_counter()
-    metrics = {exp.eval.split: parts.evaluator(split)}
+    results = {exp.eval.split: parts.evaluator.run(split, detailed=True, keep_predictions=predictions is not None)}
     timings = {"eval_seconds": round(time.perf_counter() - tic, 3)}
-    report = make_report("evaluate", exp, parts, metrics, lineage, timings, opts, checkpoint=None)
-    finish_run(run, report, started)
-    console.table(f"evaluate {exp.name or ''}".strip() + f": {weights}", metrics)
+    report = make_report("evaluate", exp, parts, results, lineage, timings, opts, checkpoint=None)
+    if predictions is not None:
+        result = results[exp.eval.split]
+        write_predictions(predictions, parts.data.task, result.predictions, result.targets,
+                          class_labels(parts.data.task, parts.data.num_outputs, parts.data.class_names),
+                          parts.context.threshold)
+        report["predictions"] = str(predictions)
+    finish_run(run, report, started, console)
+    console.show(headline_table(report))
     return report
 
 
@@ -130,17 +143,21 @@ def build_parts(exp: Experiment, opts: RunOptions) -> Parts:
                          num_outputs=data.num_outputs).to(device)
     loss = LOSSES.build(exp.loss.name, exp.loss.params, task=data.task, num_outputs=data.num_outputs,
                         class_counts=data.class_counts()).to(device)
-    names = metric_names(data.task, exp.eval.metrics)
+    context = MetricContext(data.task, data.num_outputs, resolve_threshold(data.task, exp.eval.threshold))
+    names = metric_names(data.task, data.num_outputs, exp.eval.metrics)
     exp.eval.metrics = names
-    metrics = build_metrics(names, data.task, data.num_outputs)
+    if data.task in ("binary", "multilabel"):
+        exp.eval.threshold = context.threshold
+    metrics = build_metrics(names, context)
     monitor = exp.train.monitor or ("val/accuracy" if "accuracy" in names else "val/loss")
     check_monitor(monitor, names, data)
-    higher = (higher_is_better(monitor.split("/", 1)[1], data.task, data.num_outputs)
+    higher = (higher_is_better(monitor.split("/", 1)[1], context)
               if exp.train.monitor_mode == "auto" else exp.train.monitor_mode == "max")
-    evaluator = Evaluator(model, loss, metrics, to_predictions(data.task), device,
+    evaluator = Evaluator(model, loss, metrics, metric_inputs(data.task), device,
                           exp.data.eval_batch_size or 2 * exp.data.batch_size, exp.train.precision,
-                          batch_limit=SMOKE_EVAL_BATCHES if opts.smoke else None)
-    return Parts(data, model, loss, evaluator, monitor, higher, device)
+                          batch_limit=SMOKE_EVAL_BATCHES if opts.smoke else None,
+                          breakdown=Breakdown.for_task(context, data.class_names))
+    return Parts(data, model, loss, evaluator, monitor, higher, device, context)
 
 
 def build_data(exp: Experiment) -> DataBundle:
@@ -247,16 +264,14 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
         console.info(state.stop_reason)
     checkpoint = _load_best(run, parts.model)
     tic = time.perf_counter()
-    metrics = {"val": parts.evaluator(val)} if val is not None else {}
-    if exp.eval.split != "val":
-        metrics[exp.eval.split] = parts.evaluator(parts.data.split(exp.eval.split))
+    reported = (["val"] if val is not None else []) + ([exp.eval.split] if exp.eval.split != "val" else [])
+    results = {name: parts.evaluator.run(parts.data.split(name), detailed=True) for name in reported}
     steps_run = state.step - (started.get("resumed_at") or 0)
     timings = {"train_seconds": round(train_seconds, 3), "eval_seconds": round(time.perf_counter() - tic, 3),
                "steps": state.step, "steps_per_second": round(steps_run / train_seconds, 2) if train_seconds else None}
-    report = make_report(stage, exp, parts, metrics, lineage, timings, opts, checkpoint, state.stop_reason)
-    finish_run(run, report, started)
-    console.table(f"{stage} {exp.name or ''}".strip() + f" ({checkpoint['kind']} weights, step {checkpoint['step']})",
-                  metrics)
+    report = make_report(stage, exp, parts, results, lineage, timings, opts, checkpoint, state.stop_reason)
+    finish_run(run, report, started, console)
+    console.show(headline_table(report))
     return report
 
 
@@ -287,7 +302,9 @@ def _report_of_completed(run: RunDir, console: Console) -> dict:
     import json
 
     console.info(f"{run.path} is already completed; nothing to resume")
-    return json.loads((run.path / "report.json").read_text())
+    report = json.loads((run.path / "report.json").read_text())
+    console.show(headline_table(report))
+    return report
 
 
 def start_run(run: RunDir, stage: str, exp: Experiment, parts: Parts, opts: RunOptions, lineage: dict,
@@ -308,17 +325,24 @@ def start_run(run: RunDir, stage: str, exp: Experiment, parts: Parts, opts: RunO
     return info
 
 
-def finish_run(run: RunDir, report: dict, started: dict) -> None:
-    write_report(run, report)
+def finish_run(run: RunDir, report: dict, started: dict, console: Optional[Console] = None) -> None:
+    write_report(run, report, console)
     run.update_run(status="completed", ended_at=now())
 
 
-def make_report(stage: str, exp: Experiment, parts: Parts, metrics: dict, lineage: dict, timings: dict,
-                opts: RunOptions, checkpoint: Optional[dict], stop_reason: Optional[str] = None) -> dict:
+def make_report(stage: str, exp: Experiment, parts: Parts, results: dict[str, SplitResult], lineage: dict,
+                timings: dict, opts: RunOptions, checkpoint: Optional[dict], stop_reason: Optional[str] = None) -> dict:
+    """The report.json content (schema in README: "report.json"); plots are added when written."""
+    names = ["loss"] + list(exp.eval.metrics or [])
     return {
         "schema_version": SCHEMA_VERSION, "stage": stage, "name": exp.name, "smoke": opts.smoke,
-        "metrics": metrics, "monitor": parts.monitor, "checkpoint": checkpoint, "stop_reason": stop_reason,
+        "task": parts.data.task, "eval_split": exp.eval.split, "metric_names": list(exp.eval.metrics or []),
+        "metrics": {split: {n: r.metrics[n] for n in names if n in r.metrics} for split, r in results.items()},
+        "splits": {split: {"size": r.size, **(r.breakdown or {})} for split, r in results.items()},
+        "monitor": parts.monitor, "monitor_mode": "max" if parts.monitor_higher_is_better else "min",
+        "checkpoint": checkpoint, "stop_reason": stop_reason,
         "data": data_info(exp, parts.data), "lineage": lineage, "timings": timings,
+        "transfer_gain": None, "predictions": None, "plots": {},
     }
 
 

@@ -84,6 +84,8 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     metrics: Optional[list[str]] = Field(None, description="default: chosen by the task")
     split: Literal["train", "val", "test"] = "test"
+    threshold: Optional[float] = Field(None, gt=0, lt=1, description="binary/multilabel: positive when the "
+                                       "probability is above it (default 0.5)")
     checkpoint: Ref = Field(None, description="evaluate: run dir (best weights; @last for last) or weights file")
 
 

@@ -16,6 +16,7 @@ from transfer_cli.callbacks import Checkpointer, ConsoleProgress, EarlyStopping,
 from transfer_cli.config.schema import Experiment
 from transfer_cli.console import Console
 from transfer_cli.data import DATASETS, DataBundle
+from transfer_cli.data.checks import check_batches, check_split
 from transfer_cli.data.fewshot import select_per_class
 from transfer_cli.engine import Engine, EngineConfig, TrainState
 from transfer_cli.errors import ConfigError, Interrupted, RunFailed, TransferError
@@ -72,6 +73,10 @@ def pretrain(exp: Experiment, opts: RunOptions, console: Console) -> dict:
 
 def finetune(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     parts = build_parts(exp, opts)
+    if exp.transfer.init_from is None:  # the model loaded its own pretrained weights (config rule)
+        lineage = {"init_from": None, **parts.model.pretrained_lineage()}
+        console.info(f"init: pretrained weights of {lineage['pretrained']}")
+        return train_and_report("finetune", exp, parts, opts, console, lineage)
     load = load_initial_weights(parts.model, exp.transfer.init_from, head=exp.transfer.head,
                                 strict=exp.transfer.strict)
     console.info(f"init: {load.summary()}")
@@ -101,7 +106,7 @@ def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
 def validate_only(exp: Experiment, stage: str, opts: RunOptions, console: Console) -> dict:
     """Build every part (data, model, loss, metrics, optimizer, weights) and train nothing."""
     parts = build_parts(exp, opts)
-    if stage == "finetune":
+    if stage == "finetune" and exp.transfer.init_from:
         console.info(f"init: {load_initial_weights(parts.model, exp.transfer.init_from, exp.transfer.head, exp.transfer.strict).summary()}")
     if stage == "evaluate":
         load_exact(parts.model, exp.eval.checkpoint)
@@ -128,6 +133,7 @@ def build_parts(exp: Experiment, opts: RunOptions) -> Parts:
     data = build_data(exp)
     model = MODELS.build(exp.model.name, exp.model.params, input_shape=data.input_shape,
                          num_outputs=data.num_outputs).to(device)
+    check_batches(data, exp.data.batch_size, model)
     loss = LOSSES.build(exp.loss.name, exp.loss.params, task=data.task, num_outputs=data.num_outputs,
                         class_counts=data.class_counts()).to(device)
     names = metric_names(data.task, exp.eval.metrics)
@@ -145,6 +151,8 @@ def build_parts(exp: Experiment, opts: RunOptions) -> Parts:
 
 def build_data(exp: Experiment) -> DataBundle:
     data = DATASETS.build(exp.data.name, exp.data.params, seed=exp.seed)
+    exp.data.params.update(data.fitted)  # recorded in the run's config: evaluating it maps labels the same way
+    check_split(data, exp.eval.split)
     if exp.data.per_class:
         train = data.split("train")
         index = select_per_class(train.y, exp.data.per_class, exp.seed, data.class_names)

@@ -86,7 +86,7 @@ def finetune(exp: Experiment, opts: RunOptions, console: Console) -> dict:
 
 
 def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
-    parts = build_parts(exp, opts)
+    parts = build_parts(exp, opts, evaluating=True)
     weights, source_run = load_exact(parts.model, exp.eval.checkpoint)
     split = parts.data.split(exp.eval.split)
     run = RunDir.check(run_path(exp, opts, "evaluate"), opts.mode if opts.mode != "resume" else "overwrite")
@@ -105,7 +105,7 @@ def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
 
 def validate_only(exp: Experiment, stage: str, opts: RunOptions, console: Console) -> dict:
     """Build every part (data, model, loss, metrics, optimizer, weights) and train nothing."""
-    parts = build_parts(exp, opts)
+    parts = build_parts(exp, opts, evaluating=stage == "evaluate")
     if stage == "finetune" and exp.transfer.init_from:
         console.info(f"init: {load_initial_weights(parts.model, exp.transfer.init_from, exp.transfer.head, exp.transfer.strict).summary()}")
     if stage == "evaluate":
@@ -126,8 +126,9 @@ def validate_only(exp: Experiment, stage: str, opts: RunOptions, console: Consol
 
 
 # ---- building --------------------------------------------------------------------------------
-def build_parts(exp: Experiment, opts: RunOptions) -> Parts:
-    """Data, model, loss and evaluator from a validated experiment."""
+def build_parts(exp: Experiment, opts: RunOptions, evaluating: bool = False) -> Parts:
+    """Data, model, loss and evaluator from a validated experiment (`evaluating`: no training, so
+    the data needs no train/val split and the monitor is not checked)."""
     device = resolve_device(exp.train.device)
     seed_everything(exp.seed)
     data = build_data(exp)
@@ -140,7 +141,8 @@ def build_parts(exp: Experiment, opts: RunOptions) -> Parts:
     exp.eval.metrics = names
     metrics = build_metrics(names, data.task, data.num_outputs)
     monitor = exp.train.monitor or ("val/accuracy" if "accuracy" in names else "val/loss")
-    check_monitor(monitor, names, data)
+    if not evaluating:
+        check_monitor(monitor, names, data)
     higher = (higher_is_better(monitor.split("/", 1)[1], data.task, data.num_outputs)
               if exp.train.monitor_mode == "auto" else exp.train.monitor_mode == "max")
     evaluator = Evaluator(model, loss, metrics, to_predictions(data.task), device,
@@ -153,7 +155,7 @@ def build_data(exp: Experiment) -> DataBundle:
     data = DATASETS.build(exp.data.name, exp.data.params, seed=exp.seed)
     exp.data.params.update(data.fitted)  # recorded in the run's config: evaluating it maps labels the same way
     check_split(data, exp.eval.split)
-    if exp.data.per_class:
+    if exp.data.per_class and "train" in data.splits:
         train = data.split("train")
         index = select_per_class(train.y, exp.data.per_class, exp.seed, data.class_names)
         data.splits["train"] = train.subset(index)

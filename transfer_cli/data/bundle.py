@@ -102,12 +102,12 @@ class DataBundle:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if "train" not in self.splits:
-            raise DataError("the data has no 'train' split")
+        if not self.splits:
+            raise DataError("the data has no split")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.splits["train"].sample_shape)
+        return tuple(next(iter(self.splits.values())).sample_shape)
 
     @property
     def is_classification(self) -> bool:
@@ -118,7 +118,9 @@ class DataBundle:
             raise DataError(f"the data has no '{name}' split (it has: {', '.join(self.splits)})")
         return self.splits[name]
 
-    def class_counts(self, split: str = "train") -> list[int] | None:
+    def class_counts(self, split: str | None = None) -> list[int] | None:
+        """Samples per class of `split` (default: train, else the first split there is)."""
         if self.task != "multiclass":
             return None
+        split = split or ("train" if "train" in self.splits else next(iter(self.splits)))
         return torch.bincount(self.split(split).y, minlength=self.num_outputs).tolist()

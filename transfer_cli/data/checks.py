@@ -18,6 +18,8 @@ def check_split(data: DataBundle, split: str) -> None:
 def check_batches(data: DataBundle, batch_size: int, model: nn.Module) -> None:
     """A training batch of a single sample cannot be normalized by BatchNorm (PyTorch raises in
     the middle of an epoch); refuse a train split / batch size that would make one."""
+    if "train" not in data.splits:
+        return
     has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     size = len(data.split("train"))
     if has_batchnorm and size % batch_size == 1:

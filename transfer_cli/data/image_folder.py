@@ -102,14 +102,14 @@ def image_folder(params: ImageFolderParams, *, seed: int) -> DataBundle:
     def make_splits(transform: ImageTransform) -> dict[str, DatasetSplit]:
         reader = FileReader(files, transform)
         return carve_splits({s: DatasetSplit(reader, ids, y, shape, workers) for s, (ids, y) in given.items()},
-                            params, given["train"][1], params.key_of("train"))
+                            params, given[params.reference()][1], params.key_of(params.reference()))
 
     splits = make_splits(transform)
     fitted: dict = {"classes": classes}
     if params.normalize:
         given_stats = params.mean is not None and params.std is not None
         mean, std = (params.mean, params.std) if given_stats else channel_stats(
-            splits["train"], params.stats_samples, params.split_seed)
+            splits.get("train", next(iter(splits.values()))), params.stats_samples, params.split_seed)
         _check_stats(mean, std, transform.channels)
         splits = make_splits(ImageTransform(**{**transform.__dict__, "mean": tuple(mean), "std": tuple(std)}))
         fitted.update(mean=mean, std=std)
@@ -124,10 +124,11 @@ def image_folder(params: ImageFolderParams, *, seed: int) -> DataBundle:
 def list_images(params: ImageFolderParams) -> tuple[list[str], list[str], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """(classes, every file, {split: (file ids, labels)}) of the folders the params name."""
     roots = {split: require(path, params.key_of(split), "folder") for split, path in params.sources().items()}
-    classes, by_class = scan(roots["train"], params.key_of("train"), params.extensions, params.classes)
-    per_split = {"train": by_class}
-    for split in ("val", "test"):
-        if split in roots:
+    first = params.reference()
+    classes, by_class = scan(roots[first], params.key_of(first), params.extensions, params.classes)
+    per_split = {first: by_class}
+    for split in roots:
+        if split != first:
             per_split[split] = scan(roots[split], params.key_of(split), params.extensions, classes)[1]
     files: list[str] = []
     given = {}

@@ -37,7 +37,7 @@ class Targets:
     @property
     def strata(self) -> Optional[torch.Tensor]:
         """Class per training sample, for stratified splitting (classification only)."""
-        return self.y["train"] if self.task in ("multiclass", "binary") else None
+        return self.y.get("train") if self.task in ("multiclass", "binary") else None
 
 
 def class_order(found: Iterable[str]) -> list[str]:
@@ -72,11 +72,12 @@ def infer_task(y: torch.Tensor) -> str:
 
 def build_targets(ys: dict[str, torch.Tensor], task: str, classes: Optional[list[str]],
                   where: dict[str, str]) -> Targets:
-    """Check the labels of every split against `task` (auto: inferred from the training labels).
+    """Check the labels of every split against `task` (auto: inferred from the first split's labels,
+    the training ones when there are).
 
     where: split -> the key/file to name in errors.
     """
-    task = infer_task(ys["train"]) if task == "auto" else task
+    task = infer_task(next(iter(ys.values()))) if task == "auto" else task
     checker = {"multiclass": _multiclass, "binary": _binary, "multilabel": _multilabel,
                "regression": _regression}[task]
     return checker(ys, classes, where)
@@ -116,7 +117,8 @@ def _multiclass(ys: dict[str, torch.Tensor], classes: Optional[list[str]], where
             raise DataError(f"{where[split]}: label {int(y[row])} (sample {row}) is out of range: labels are "
                             f"class indices 0..{count - 1} ({expected})")
     if count < 2:
-        raise DataError(f"{where['train']}: a classification task needs at least 2 classes; the labels have {count}")
+        raise DataError(f"{next(iter(where.values()))}: a classification task needs at least 2 classes; the labels "
+                        f"have {count}")
     names = classes or [str(i) for i in range(count)]
     return Targets(out, "multiclass", count, names)
 
@@ -143,7 +145,8 @@ def _binary(ys: dict[str, torch.Tensor], classes: Optional[list[str]], where: di
 
 
 def _multilabel(ys: dict[str, torch.Tensor], classes: Optional[list[str]], where: dict[str, str]) -> Targets:
-    width = ys["train"].shape[1] if ys["train"].dim() == 2 else None
+    first = next(iter(ys.values()))
+    width = first.shape[1] if first.dim() == 2 else None
     for split, y in ys.items():
         if y.dim() != 2 or y.shape[1] != width:
             raise DataError(f"{where[split]}: multi-label targets must have shape (N, K) with the same K in every "
@@ -163,5 +166,6 @@ def _regression(ys: dict[str, torch.Tensor], classes: Optional[list[str]], where
             raise DataError(f"{where[split]}: regression targets must be finite numbers of shape (N,) or (N, K), "
                             f"got shape {tuple(y.shape)}" + ("" if torch.isfinite(y).all() else " with NaN/Inf"))
         out[split] = y
-    width = 1 if out["train"].dim() == 1 else out["train"].shape[1]
+    first = next(iter(out.values()))
+    width = 1 if first.dim() == 1 else first.shape[1]
     return Targets(out, "regression", width, None)

@@ -27,7 +27,8 @@ DataPath = Annotated[str, AfterValidator(absolute_path)]
 
 
 class SplitParams(Params):
-    """Either one source split by fractions (`path`) or one source per split (`train`, `val`, `test`)."""
+    """Either one source split by fractions (`path`) or one source per split (`train`, `val`, `test`;
+    an evaluation may give only `val` and/or `test`)."""
 
     path: Optional[DataPath] = Field(None, description="one source, split into train/val/test by the fractions")
     train: Optional[DataPath] = Field(None, description="the training source (with optional val/test sources)")
@@ -41,9 +42,14 @@ class SplitParams(Params):
 
     @model_validator(mode="after")
     def _one_layout(self) -> "SplitParams":
-        if (self.path is None) == (self.train is None):
+        if self.path is not None and self.train is not None:
             raise ValueError("give either `path` (one source, split by val_fraction/test_fraction) or `train` "
-                             "(with optional `val` and `test` sources)")
+                             "(with optional `val` and `test` sources), not both")
+        if not (self.path or self.train or self.val or self.test):
+            raise ValueError("no data source: give `path` (one source, split by val_fraction/test_fraction) or "
+                             "`train` (with optional `val` and `test` sources)")
+        if not (self.path or self.train) and (self.val_fraction or self.test_fraction):
+            raise ValueError("val_fraction/test_fraction carve samples out of the training source: give `path` or `train`")
         if self.path is not None and (self.val or self.test):
             raise ValueError("`val`/`test` sources go with `train`, not with `path`; use train: ... instead of path")
         for name in ("val", "test"):
@@ -68,6 +74,10 @@ class SplitParams(Params):
             if value > 0:
                 out[name] = value
         return out
+
+    def reference(self) -> str:
+        """The split whose source defines the columns, classes and task: train, else the first given."""
+        return next(iter(self.sources()))
 
     def key_of(self, split: str) -> str:
         """The params key naming a split's source, for error messages."""
@@ -136,9 +146,11 @@ def split_info(params: SplitParams, sizes: dict[str, int], stratified: bool) -> 
     carved, sources = params.fractions(), params.sources()
     made = {}
     for name, size in sizes.items():
-        if name in sources and not (name == "train" and carved):
-            made[name] = {"source": sources[name], "size": size}
-        else:
-            made[name] = {"carved_from": sources["train"], "fraction": carved.get(name), "seed": params.split_seed,
+        if name in carved:
+            made[name] = {"carved_from": sources["train"], "fraction": carved[name], "seed": params.split_seed,
                           "stratified": stratified, "size": size}
+        else:
+            made[name] = {"source": sources[name], "size": size}
+    if carved:
+        made["train"]["carved_out"] = sorted(carved)
     return {"splits": made}

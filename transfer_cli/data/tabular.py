@@ -77,11 +77,11 @@ def table_targets(tables: dict[str, Table], params: TableParams) -> Targets:
     where = {split: table.where for split, table in tables.items()}
     task = params.task
     if task == "auto":
-        task = "regression" if _has_fractions(labels["train"]) else "multiclass"
+        task = "regression" if _has_fractions(labels[params.reference()]) else "multiclass"
     if task == "regression":
         return build_targets({s: _numbers(v, f"{where[s]}: column '{params.label}'") for s, v in labels.items()},
                              task, params.classes, where)
-    classes = params.classes or class_order(labels["train"])
+    classes = params.classes or class_order(labels[params.reference()])
     ys = {split: encode(values, classes, f"{where[split]}: column '{params.label}'") for split, values in labels.items()}
     return build_targets(ys, task, classes, where)
 
@@ -138,20 +138,21 @@ def feature_matrix(table: Table, columns: list[str]) -> torch.Tensor:
 def csv_table(params: CsvParams, *, seed: int) -> DataBundle:
     """Tabular data: numeric feature columns and a label column (string labels mapped to classes)."""
     tables = {split: read_table(path, params.key_of(split), params.delimiter) for split, path in params.sources().items()}
-    columns = params.features or numeric_columns(tables["train"], exclude=params.label)
+    reference = tables[params.reference()]
+    columns = params.features or numeric_columns(reference, exclude=params.label)
     if params.label in columns:
         raise DataError(f"data.params.features: the label column '{params.label}' cannot also be a feature")
     if not columns:
-        raise DataError(f"{tables['train'].where}: no numeric column besides the label '{params.label}'; "
+        raise DataError(f"{reference.where}: no numeric column besides the label '{params.label}'; "
                         f"name the feature columns in data.params.features")
     targets = table_targets(tables, params)
     given = {split: TensorSplit(feature_matrix(table, columns), targets.y[split]) for split, table in tables.items()}
-    splits = carve_splits(given, params, targets.strata, tables["train"].where)
+    splits = carve_splits(given, params, targets.strata, reference.where)
     fitted = {"features": columns, **({"classes": targets.class_names} if targets.class_names else {})}
     if params.standardize:
         mean, std = _standardize(splits, params, len(columns))
         fitted.update(mean=mean, std=std)
-    ignored = [c for c in tables["train"].header if c not in columns and c != params.label]
+    ignored = [c for c in reference.header if c not in columns and c != params.label]
     return DataBundle(
         splits=splits, task=targets.task, num_outputs=targets.num_outputs, class_names=targets.class_names,
         info={"source": f"csv {', '.join(params.sources().values())}", "features": columns, "ignored_columns": ignored,
@@ -161,8 +162,9 @@ def csv_table(params: CsvParams, *, seed: int) -> DataBundle:
 
 
 def _standardize(splits: dict[str, TensorSplit], params: CsvParams, width: int) -> tuple[list[float], list[float]]:
-    """Scale features in place with the given statistics, or those of the training split."""
-    train = splits["train"].x
+    """Scale features in place with the given statistics, or those of the training split (the
+    first split when there is none)."""
+    train = splits.get("train", next(iter(splits.values()))).x
     mean = params.mean if params.mean is not None else train.mean(0).tolist()
     std = params.std if params.std is not None else train.std(0, unbiased=False).tolist()
     for name, values in (("mean", mean), ("std", std)):

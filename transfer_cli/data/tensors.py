@@ -34,7 +34,7 @@ def tensors(params: TensorsParams, *, seed: int) -> DataBundle:
     check_same_shape(xs, where)
     targets = build_targets({split: y for split, (_, y) in arrays.items()}, params.task, params.classes, where)
     given = {split: TensorSplit(x, targets.y[split]) for split, x in xs.items()}
-    splits = carve_splits(given, params, targets.strata, where["train"])
+    splits = carve_splits(given, params, targets.strata, where[params.reference()])
     return DataBundle(
         splits=splits, task=targets.task, num_outputs=targets.num_outputs, class_names=targets.class_names,
         info={"source": f"tensors from {', '.join(params.sources().values())}",
@@ -98,7 +98,7 @@ def as_inputs(x: torch.Tensor, add_channel: bool, where: str) -> torch.Tensor:
 
 
 def check_same_shape(xs: dict[str, torch.Tensor], where: dict[str, str]) -> None:
-    shape = tuple(xs["train"].shape[1:])
+    shape = tuple(next(iter(xs.values())).shape[1:])
     for split, x in xs.items():
         if tuple(x.shape[1:]) != shape:
             raise DataError(f"{where[split]}: samples of shape {tuple(x.shape[1:])}, but the training samples are "

@@ -40,7 +40,7 @@ def text_csv(params: TextCsvParams, *, seed: int) -> DataBundle:
         x, cut = tokenize(tokenizer, table.column(params.text, "text"), params.max_length)
         given[split] = TensorSplit(x, targets.y[split])
         truncated += cut
-    splits = carve_splits(given, params, targets.strata, tables["train"].where)
+    splits = carve_splits(given, params, targets.strata, tables[params.reference()].where)
     return DataBundle(
         splits=splits, task=targets.task, num_outputs=targets.num_outputs, class_names=targets.class_names,
         info={"source": f"text csv {', '.join(params.sources().values())}", "tokenizer": params.tokenizer,

@@ -130,7 +130,7 @@ def export_minilm(target: Path) -> Path | None:
 def main(out: Path) -> None:
     print(make_signals(out / "signals.npz"))
     print(make_table(out / "table.csv"))
-    print(make_shapes(out / "shapes" / "train", per_class=40, seed=0))
+    print(make_shapes(out / "shapes" / "train", per_class=60, seed=0))
     print(make_shapes(out / "shapes" / "test", per_class=20, seed=1))
     print(make_reviews(out / "reviews.csv"))
     model = export_minilm(out / "all-MiniLM-L6-v2")

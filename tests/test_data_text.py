@@ -137,3 +137,10 @@ def test_hf_encoder_on_vector_data_is_refused(texts: Path) -> None:
     write_yaml(texts / "cfg.yaml", {"data": {"name": "tensors", "params": {"path": "d.npz"}},
                                     "model": {"name": "hf_encoder", "params": {"path": "bert"}}})
     assert "model 'hf_encoder' expects tokenized text, (2, max_length) per sample" in _fails("finetune", "cfg.yaml")
+
+
+def test_validate_treats_a_pretrained_encoder_config_as_a_finetune(tiny_bert: Path) -> None:
+    _config(tiny_bert.parent)
+    result = run_cli("validate", "cfg.yaml", "--json")
+    assert result.exit_code == 0, result.output
+    assert result.json()["stage"] == "finetune" and result.json()["data"]["input_shape"] == [2, 16]

@@ -23,6 +23,7 @@ def check_batches(data: DataBundle, batch_size: int, model: nn.Module) -> None:
     has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     size = len(data.split("train"))
     if has_batchnorm and size % batch_size == 1:
-        what = "has 1 sample" if size == 1 else f"has {size} samples, so with batch_size {batch_size} the last batch has 1"
+        what = ("has 1 sample" if size == 1
+                else f"has {size} samples, so with batch_size {batch_size} the last batch has 1")
         raise DataError(f"data: the train split {what}, and the model's BatchNorm cannot train on a batch of one; "
                         f"change data.batch_size (e.g. {batch_size + 1}) or the training data")

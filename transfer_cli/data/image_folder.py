@@ -48,7 +48,8 @@ class ImageFolderParams(SplitParams):
         return size
 
 
-def scan(root: Path, key: str, extensions: list[str], classes: Optional[list[str]]) -> tuple[list[str], dict[str, list[Path]]]:
+def scan(root: Path, key: str, extensions: list[str],
+         classes: Optional[list[str]]) -> tuple[list[str], dict[str, list[Path]]]:
     """(classes, {class: files}) of a class-per-sub-folder tree; an empty class folder is an error."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
@@ -58,7 +59,8 @@ def scan(root: Path, key: str, extensions: list[str], classes: Optional[list[str
     for folder in folders:
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
         if not files:
-            raise DataError(f"{key} ({root}): class folder '{folder.name}' has no image ({', '.join(sorted(suffixes))}); "
+            raise DataError(f"{key} ({root}): class folder '{folder.name}' has no image "
+                            f"({', '.join(sorted(suffixes))}); "
                             f"remove it or add images")
         found[folder.name] = files
     if classes is not None:

@@ -46,11 +46,12 @@ class ImageTransform:
         except Exception as exc:  # noqa: BLE001  whatever Pillow raises, the file is unreadable
             message = str(exc).strip().splitlines()
             return ReadFailure(path, message[0] if message else type(exc).__name__)
-        x = torch.from_numpy(pixels.copy()).reshape(pixels.shape[0], pixels.shape[1], -1).permute(2, 0, 1)
-        x = x.float().div_(255)
-        if self.mean is not None and self.std is not None:
-            x = (x - torch.tensor(self.mean).view(-1, 1, 1)) / torch.tensor(self.std).view(-1, 1, 1)
-        return x
+        x = torch.from_numpy(pixels.copy()).reshape(pixels.shape[0], pixels.shape[1], -1).permute(2, 0, 1).float()
+        if self.mean is None or self.std is None:
+            return x.div_(255)
+        # (x / 255 - mean) / std in two in-place passes
+        mean, std = torch.tensor(self.mean).view(-1, 1, 1), torch.tensor(self.std).view(-1, 1, 1)
+        return x.sub_(mean * 255).div_(std * 255)
 
     def _cover(self, size: tuple[int, int]) -> tuple[int, int]:
         """The smallest (w, h) with the image's aspect ratio that covers the crop (and `resize`)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from transfer_cli.data.bundle import epoch_order
 from transfer_cli.errors import DataError
@@ -57,7 +57,7 @@ def _collate(items: list[Any]) -> Any:
     for item in items:
         if isinstance(item, ReadFailure):
             return item
-    return torch.stack(items)
+    return default_collate(items)  # in a worker it stacks straight into shared memory: no copy to send it
 
 
 class DatasetSplit:

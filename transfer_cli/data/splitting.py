@@ -49,7 +49,8 @@ class SplitParams(Params):
             raise ValueError("no data source: give `path` (one source, split by val_fraction/test_fraction) or "
                              "`train` (with optional `val` and `test` sources)")
         if not (self.path or self.train) and (self.val_fraction or self.test_fraction):
-            raise ValueError("val_fraction/test_fraction carve samples out of the training source: give `path` or `train`")
+            raise ValueError("val_fraction/test_fraction carve samples out of the training source: give `path` "
+                             "or `train`")
         if self.path is not None and (self.val or self.test):
             raise ValueError("`val`/`test` sources go with `train`, not with `path`; use train: ... instead of path")
         for name in ("val", "test"):

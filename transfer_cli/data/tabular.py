@@ -82,7 +82,8 @@ def table_targets(tables: dict[str, Table], params: TableParams) -> Targets:
         return build_targets({s: _numbers(v, f"{where[s]}: column '{params.label}'") for s, v in labels.items()},
                              task, params.classes, where)
     classes = params.classes or class_order(labels[params.reference()])
-    ys = {split: encode(values, classes, f"{where[split]}: column '{params.label}'") for split, values in labels.items()}
+    ys = {split: encode(values, classes, f"{where[split]}: column '{params.label}'")
+          for split, values in labels.items()}
     return build_targets(ys, task, classes, where)
 
 
@@ -137,7 +138,8 @@ def feature_matrix(table: Table, columns: list[str]) -> torch.Tensor:
 @DATASETS.register("csv", params=CsvParams)
 def csv_table(params: CsvParams, *, seed: int) -> DataBundle:
     """Tabular data: numeric feature columns and a label column (string labels mapped to classes)."""
-    tables = {split: read_table(path, params.key_of(split), params.delimiter) for split, path in params.sources().items()}
+    tables = {split: read_table(path, params.key_of(split), params.delimiter)
+              for split, path in params.sources().items()}
     reference = tables[params.reference()]
     columns = params.features or numeric_columns(reference, exclude=params.label)
     if params.label in columns:

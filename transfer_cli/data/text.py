@@ -32,7 +32,8 @@ class TextCsvParams(TableParams):
 @DATASETS.register("text_csv", params=TextCsvParams)
 def text_csv(params: TextCsvParams, *, seed: int) -> DataBundle:
     """Texts and labels from CSV files, tokenized with a local tokenizer into (2, max_length) ids + mask."""
-    tables = {split: read_table(path, params.key_of(split), params.delimiter) for split, path in params.sources().items()}
+    tables = {split: read_table(path, params.key_of(split), params.delimiter)
+              for split, path in params.sources().items()}
     targets = table_targets(tables, params)
     tokenizer = load_tokenizer(Path(params.tokenizer), params.max_length)
     given, truncated = {}, 0

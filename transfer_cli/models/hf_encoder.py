@@ -111,7 +111,8 @@ def load_encoder(directory: Path) -> nn.Module:
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"model.params.path: {directory} is not a Hugging Face model directory (no config.json)")
     if not any((directory / name).is_file() for name in WEIGHT_FILES):
-        raise CheckpointError(f"model.params.path: no weights in {directory} (expected one of {', '.join(WEIGHT_FILES)})")
+        raise CheckpointError(f"model.params.path: no weights in {directory} (expected one of "
+                              f"{', '.join(WEIGHT_FILES)})")
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
@@ -120,7 +121,8 @@ def load_encoder(directory: Path) -> nn.Module:
             str(directory), local_files_only=True, output_loading_info=True, **{dtype_key: torch.float32})
     except Exception as exc:  # noqa: BLE001  transformers raises many kinds for a bad directory
         first = str(exc).strip().splitlines()
-        raise CheckpointError(f"model.params.path: cannot load {directory}: {first[0] if first else type(exc).__name__}") from None
+        reason = first[0] if first else type(exc).__name__
+        raise CheckpointError(f"model.params.path: cannot load {directory}: {reason}") from None
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
     if missing:
         shown = ", ".join(missing[:4]) + (f", ... ({len(missing) - 4} more)" if len(missing) > 4 else "")

@@ -43,7 +43,7 @@ model: {name: cnn2d}
     assert "optim.lr: Input should be a valid number" in err and "got 'fast'" in err
     assert "train.precision: Input should be 'fp32', 'bf16' or 'fp16'" in err
     assert "train.epochs: Input should be greater than or equal to 1; got -1" in err
-    assert "model.name: unknown model 'cnn2d' (did you mean 'cnn1d'?); known: cnn1d, mlp, resnet" in err
+    assert "model.name: unknown model 'cnn2d' (did you mean 'cnn1d'?); known: cnn1d, hf_encoder, mlp, resnet" in err
     assert "data.params.tsk: unknown key (did you mean 'task'?)" in err
 
 

@@ -17,7 +17,7 @@ from transfer_cli.callbacks import Checkpointer, ConsoleProgress, EarlyStopping,
 from transfer_cli.config.schema import Experiment
 from transfer_cli.console import Console
 from transfer_cli.data import DATASETS, DataBundle
-from transfer_cli.data.checks import check_bundle
+from transfer_cli.data.checks import check_batches, check_bundle, check_split
 from transfer_cli.data.fewshot import select_per_class
 from transfer_cli.engine import Engine, EngineConfig, TrainState
 from transfer_cli.errors import ConfigError, Interrupted, RunFailed, TransferError
@@ -79,6 +79,10 @@ def pretrain(exp: Experiment, opts: RunOptions, console: Console) -> dict:
 
 def finetune(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     parts = build_parts(exp, opts)
+    if exp.transfer.init_from is None:  # the model loaded its own pretrained weights (config rule)
+        lineage = {"init_from": None, **parts.model.pretrained_lineage()}
+        console.info(f"init: pretrained weights of {lineage['pretrained']}")
+        return train_and_report("finetune", exp, parts, opts, console, lineage)
     load = load_initial_weights(parts.model, exp.transfer.init_from, head=exp.transfer.head,
                                 strict=exp.transfer.strict)
     console.info(f"init: {load.summary()}")
@@ -88,7 +92,7 @@ def finetune(exp: Experiment, opts: RunOptions, console: Console) -> dict:
 
 
 def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
-    parts = build_parts(exp, opts)
+    parts = build_parts(exp, opts, evaluating=True)
     weights, source_run = load_exact(parts.model, exp.eval.checkpoint)
     split = parts.data.split(exp.eval.split)
     run = RunDir.check(run_path(exp, opts, "evaluate"), opts.mode if opts.mode != "resume" else "overwrite")
@@ -113,8 +117,8 @@ def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
 
 def validate_only(exp: Experiment, stage: str, opts: RunOptions, console: Console) -> dict:
     """Build every part (data, model, loss, metrics, optimizer, weights) and train nothing."""
-    parts = build_parts(exp, opts)
-    if stage == "finetune":
+    parts = build_parts(exp, opts, evaluating=stage == "evaluate")
+    if stage == "finetune" and exp.transfer.init_from:
         console.info(f"init: {load_initial_weights(parts.model, exp.transfer.init_from, exp.transfer.head, exp.transfer.strict).summary()}")
     if stage == "evaluate":
         load_exact(parts.model, exp.eval.checkpoint)
@@ -134,13 +138,15 @@ def validate_only(exp: Experiment, stage: str, opts: RunOptions, console: Consol
 
 
 # ---- building --------------------------------------------------------------------------------
-def build_parts(exp: Experiment, opts: RunOptions) -> Parts:
-    """Data, model, loss and evaluator from a validated experiment."""
+def build_parts(exp: Experiment, opts: RunOptions, evaluating: bool = False) -> Parts:
+    """Data, model, loss and evaluator from a validated experiment (`evaluating`: no training, so
+    the data needs no train/val split and the monitor is not checked)."""
     device = resolve_device(exp.train.device)
     seed_everything(exp.seed)
     data = build_data(exp)
     model = MODELS.build(exp.model.name, exp.model.params, input_shape=data.input_shape,
                          num_outputs=data.num_outputs).to(device)
+    check_batches(data, exp.data.batch_size, model)
     loss = LOSSES.build(exp.loss.name, exp.loss.params, task=data.task, num_outputs=data.num_outputs,
                         class_counts=data.class_counts()).to(device)
     context = MetricContext(data.task, data.num_outputs, resolve_threshold(data.task, exp.eval.threshold))
@@ -150,7 +156,8 @@ def build_parts(exp: Experiment, opts: RunOptions) -> Parts:
         exp.eval.threshold = context.threshold
     metrics = build_metrics(names, context)
     monitor = exp.train.monitor or ("val/accuracy" if "accuracy" in names else "val/loss")
-    check_monitor(monitor, names, data)
+    if not evaluating:
+        check_monitor(monitor, names, data)
     higher = (higher_is_better(monitor.split("/", 1)[1], context)
               if exp.train.monitor_mode == "auto" else exp.train.monitor_mode == "max")
     evaluator = Evaluator(model, loss, metrics, metric_inputs(data.task), device,
@@ -162,8 +169,10 @@ def build_parts(exp: Experiment, opts: RunOptions) -> Parts:
 
 def build_data(exp: Experiment) -> DataBundle:
     data = DATASETS.build(exp.data.name, exp.data.params, seed=exp.seed)
+    exp.data.params.update(data.fitted)  # recorded in the run's config: evaluating it maps labels the same way
     check_bundle(data, exp.data.name)
-    if exp.data.per_class:
+    check_split(data, exp.eval.split)
+    if exp.data.per_class and "train" in data.splits:
         train = data.split("train")
         index = select_per_class(train.y, exp.data.per_class, exp.seed, data.class_names)
         data.splits["train"] = train.subset(index)

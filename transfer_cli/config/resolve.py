@@ -67,19 +67,11 @@ def starting_ref(raw: RawConfig, stage: Stage) -> Optional[str]:
 def inherit_architecture(raw: RawConfig, ref: Optional[str]) -> RawConfig:
     """Put the `model` section of the run that `ref` names under the config, so a finetune or
     evaluate takes the architecture of the run it starts from unless it says otherwise."""
-    if not ref:
-        return raw
-    run_dir = Path(ref.rpartition("@")[0] if ref.endswith(("@last", "@best")) else ref)
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        return raw
-    try:
-        parent = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError([f"{config_file}: cannot read the run's config: {exc}"]) from None
-    model = parent.get("model") if isinstance(parent, dict) else None
+    parent = _run_config(ref)
+    model = parent.get("model") if parent else None
     if not isinstance(model, dict):
         return raw
+    config_file = _run_dir(ref) / "config.yaml"
     base = RawConfig({"model": model}, {("model",): f"{config_file} (model of the run started from)"})
     if raw.data.get("model", None) is None:  # absent or `model: null`: take the run's model as it is
         raw = RawConfig({k: v for k, v in raw.data.items() if k != "model"},
@@ -87,23 +79,71 @@ def inherit_architecture(raw: RawConfig, ref: Optional[str]) -> RawConfig:
     return _keep_source(raw, base.merged(raw))
 
 
-def stage_problems(exp: Experiment, stage: Stage, raw: RawConfig) -> list[str]:
+def stage_problems(exp: Experiment, stage: Stage, raw: RawConfig, registries: Optional[dict] = None) -> list[str]:
     """Rules that depend on the stage, all reported together."""
     problems = []
     where = raw.origin_of
     if exp.model is None:
         problems.append(f"{where(('model',))}: model: required (a finetune/evaluate from a run directory takes "
                         f"it from that run's config; from a weights file it must be given)")
+    pretrained = exp.model is not None and loads_pretrained(exp.model.name, registries)
     if stage == "pretrain" and exp.transfer.init_from:
         problems.append(f"{where(('transfer', 'init_from'))}: transfer.init_from: pretrain trains from random "
                         f"initialisation; use `transfer finetune` to start from weights")
-    if stage == "finetune":
+    if stage == "pretrain" and pretrained:
+        problems.append(f"{where(('model', 'name'))}: model.name: '{exp.model.name}' loads pretrained weights, so "
+                        f"pretraining from random initialisation does not apply; use `transfer finetune` "
+                        f"(it needs no init_from for this model)")
+    if stage == "finetune" and (exp.transfer.init_from or not pretrained):
         problems += _ref_problems(exp.transfer.init_from, "transfer.init_from", "--init-from",
                                   where(("transfer", "init_from")))
     if stage == "evaluate":
         problems += _ref_problems(exp.eval.checkpoint, "eval.checkpoint", "--checkpoint",
                                   where(("eval", "checkpoint")))
     return problems
+
+
+def loads_pretrained(model_name: str, registries: Optional[dict]) -> bool:
+    """Whether the model loads pretrained weights by itself (its params say so, e.g. hf_encoder)."""
+    if not registries or model_name not in registries["model"]:
+        return False
+    return bool(getattr(registries["model"].get(model_name).params, "loads_pretrained", False))
+
+
+def inherit_fitted_data(raw: RawConfig, ref: Optional[str], registries: dict) -> RawConfig:
+    """For evaluate: take the data params that the run being evaluated derived from its training
+    data (class order, normalization statistics, ...) unless the config sets them, so that
+    labels and inputs are mapped exactly as in training."""
+    parent = _run_config(ref)
+    data = raw.data.get("data")
+    if not parent or not isinstance(data, dict) or not isinstance(parent.get("data"), dict):
+        return raw
+    if data.get("name") != parent["data"].get("name") or data.get("name") not in registries["data"]:
+        return raw
+    fitted = getattr(registries["data"].get(data["name"]).params, "fitted_keys", ())
+    params = data.get("params") if isinstance(data.get("params"), dict) else {}
+    stored = parent["data"].get("params") or {}
+    taken = {key: stored[key] for key in fitted if params.get(key) is None and stored.get(key) is not None}
+    if not taken:
+        return raw
+    origin = f"{_run_dir(ref) / 'config.yaml'} (fitted on the training data of the run evaluated)"
+    layer = RawConfig({"data": {"params": taken}}, {("data", "params", k): origin for k in taken}, origin)
+    return _keep_source(raw, raw.merged(layer))
+
+
+def _run_dir(ref: str) -> Path:
+    return Path(ref.rpartition("@")[0] if ref.endswith(("@last", "@best")) else ref)
+
+
+def _run_config(ref: Optional[str]) -> Optional[dict]:
+    if not ref or not (_run_dir(ref) / "config.yaml").is_file():
+        return None
+    config_file = _run_dir(ref) / "config.yaml"
+    try:
+        parent = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{config_file}: cannot read the run's config: {exc}"]) from None
+    return parent if isinstance(parent, dict) else None
 
 
 def _ref_problems(ref: Optional[str], key: str, flag: str, origin: str) -> list[str]:
@@ -125,17 +165,23 @@ def load_experiment(source: Path, stage: Stage, sets: list[str], registries: dic
     raw = read_sources(source, stage, sets, init_from=init_from, checkpoint=checkpoint, split=split)
     ref = starting_ref(raw, stage)
     raw = inherit_architecture(raw, absolute_ref(ref) if ref else None)
+    if stage == "evaluate":
+        raw = inherit_fitted_data(raw, absolute_ref(ref) if ref else None, registries)
     exp = validate(raw, registries)
-    problems = stage_problems(exp, stage, raw)
+    problems = stage_problems(exp, stage, raw, registries)
     if problems:
         raise ConfigError(problems, header=f"invalid config {raw.source} for {stage}")
     return exp
 
 
 def guess_stage(raw: RawConfig) -> Stage:
-    """For `transfer validate`: finetune if it starts from weights, evaluate if it names a
-    checkpoint, else pretrain."""
-    if starting_ref(raw, "finetune"):
+    """For `transfer validate`: finetune if it starts from weights (or its model loads pretrained
+    weights by itself), evaluate if it names a checkpoint, else pretrain."""
+    from transfer_cli.components import registries
+
+    model = raw.data.get("model")
+    name = model.get("name") if isinstance(model, dict) else None
+    if starting_ref(raw, "finetune") or (isinstance(name, str) and loads_pretrained(name, registries())):
         return "finetune"
     if starting_ref(raw, "evaluate"):
         return "evaluate"

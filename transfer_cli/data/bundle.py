@@ -1,9 +1,13 @@
-"""In-memory splits batched by tensor indexing (no per-sample collation on the hot path)."""
+"""Splits and the bundle a data set builder returns.
+
+In-memory splits are batched by tensor indexing (no per-sample collation on the hot path);
+`loader.DatasetSplit` offers the same interface for data decoded by DataLoader workers.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import torch
 
@@ -19,6 +23,20 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+class Split(Protocol):
+    """What the engine, the evaluator and k-shot selection need from a split."""
+
+    y: torch.Tensor
+
+    def __len__(self) -> int: ...
+    @property
+    def sample_shape(self) -> tuple[int, ...]: ...
+    def subset(self, index: torch.Tensor) -> "Split": ...
+    def num_batches(self, batch_size: int) -> int: ...
+    def batches(self, batch_size: int, device: torch.device, *, shuffle: bool = False, seed: int = 0,
+                epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
 class TensorSplit:
     """One split held as tensors `x` (N, ...) and `y` (N, ...)."""
 
@@ -30,6 +48,10 @@ class TensorSplit:
 
     def __len__(self) -> int:
         return len(self.x)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
 
     def subset(self, index: torch.Tensor) -> "TensorSplit":
         return TensorSplit(self.x[index], self.y[index])
@@ -63,34 +85,42 @@ class TensorSplit:
 
 @dataclass
 class DataBundle:
-    """What a dataset builder returns: the splits and what the model and metrics need to know."""
+    """What a dataset builder returns: the splits and what the model and metrics need to know.
 
-    splits: dict[str, TensorSplit]
+    `fitted` holds params the builder derived from the data (the class order, normalization
+    statistics); they are written into the run's config, so that evaluating the run later
+    maps labels and normalizes inputs exactly as training did.
+    """
+
+    splits: dict[str, Split]
     task: str
     num_outputs: int
     class_names: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    fitted: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if "train" not in self.splits:
-            raise DataError("the data has no 'train' split")
+        if not self.splits:
+            raise DataError("the data has no split")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.splits["train"].x.shape[1:])
+        return tuple(next(iter(self.splits.values())).sample_shape)
 
     @property
     def is_classification(self) -> bool:
         return self.task in ("multiclass", "binary")
 
-    def split(self, name: str) -> TensorSplit:
+    def split(self, name: str) -> Split:
         if name not in self.splits:
             raise DataError(f"the data has no '{name}' split (it has: {', '.join(self.splits)})")
         return self.splits[name]
 
-    def class_counts(self, split: str = "train") -> list[int] | None:
+    def class_counts(self, split: str | None = None) -> list[int] | None:
+        """Samples per class of `split` (default: train, else the first split there is)."""
         if self.task != "multiclass":
             return None
+        split = split or ("train" if "train" in self.splits else next(iter(self.splits)))
         return torch.bincount(self.split(split).y, minlength=self.num_outputs).tolist()

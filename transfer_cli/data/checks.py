@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from transfer_cli.data.bundle import DataBundle, TensorSplit
+from torch import nn
+
+from transfer_cli.data.bundle import DataBundle, Split
 from transfer_cli.errors import DataError
 
 
@@ -18,9 +20,11 @@ def check_bundle(data: DataBundle, name: str) -> None:
         where = f"data '{name}', split {split_name}"
         if len(split) == 0:
             raise DataError(f"{where}: no samples")
-        if tuple(split.x.shape[1:]) != shape:
-            raise DataError(f"{where}: samples have shape {tuple(split.x.shape[1:])}, but train samples have {shape}")
-        _check_finite(split.x, f"{where}: input")
+        if tuple(split.sample_shape) != shape:
+            raise DataError(f"{where}: samples have shape {tuple(split.sample_shape)}, but the first split's "
+                            f"samples have {shape}")
+        if hasattr(split, "x"):  # in memory; decoded-on-the-fly sources check each file as they read it
+            _check_finite(split.x, f"{where}: input")
         _check_labels(split, data, where)
 
 
@@ -34,7 +38,7 @@ def _check_finite(values: torch.Tensor, what: str, chunk: int = 4096) -> None:
             raise DataError(f"{what} of sample {index} has NaN/Inf values")
 
 
-def _check_labels(split: TensorSplit, data: DataBundle, where: str) -> None:
+def _check_labels(split: Split, data: DataBundle, where: str) -> None:
     y, n = split.y, data.num_outputs
     if data.task == "regression":
         _check_finite(y, f"{where}: target")
@@ -54,3 +58,24 @@ def _check_labels(split: TensorSplit, data: DataBundle, where: str) -> None:
         index = int(out_of_range.reshape(len(y), -1).any(dim=1).nonzero()[0])
         value = y[index].tolist()
         raise DataError(f"{where}: label {value} of sample {index} is out of range; expected {allowed}")
+
+
+def check_split(data: DataBundle, split: str) -> None:
+    """The split reported besides val (eval.split) must exist, or the run would fail at its end."""
+    if split not in data.splits:
+        raise DataError(f"eval.split: the data has no '{split}' split (it has: {', '.join(data.splits)}); give "
+                        f"data.params.{split} or {split}_fraction where the data set has them, or set eval.split")
+
+
+def check_batches(data: DataBundle, batch_size: int, model: nn.Module) -> None:
+    """A training batch of a single sample cannot be normalized by BatchNorm (PyTorch raises in
+    the middle of an epoch); refuse a train split / batch size that would make one."""
+    if "train" not in data.splits:
+        return
+    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    size = len(data.split("train"))
+    if has_batchnorm and size % batch_size == 1:
+        what = ("has 1 sample" if size == 1
+                else f"has {size} samples, so with batch_size {batch_size} the last batch has 1")
+        raise DataError(f"data: the train split {what}, and the model's BatchNorm cannot train on a batch of one; "
+                        f"change data.batch_size (e.g. {batch_size + 1}) or the training data")

@@ -41,6 +41,11 @@ class TransferModel(nn.Module):
     def layer_groups(self) -> list[nn.Module]:
         return [self.get_submodule(name) for name in self.layer_group_names()]
 
+    def pretrained_lineage(self) -> dict | None:
+        """Where the weights come from when the architecture loads pretrained weights by itself
+        (e.g. `hf_encoder`): path, weights file and sha256. None: randomly initialised."""
+        return None
+
     def reset_head(self, num_outputs: int | None = None) -> None:
         """A freshly initialised head (with `num_outputs` outputs, default: as before)."""
         out = num_outputs or self.num_outputs

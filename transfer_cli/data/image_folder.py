@@ -1,0 +1,174 @@
+"""The `image_folder` data source: one sub-folder per class of PNG/JPEG files, decoded by
+DataLoader workers (see `loader.DatasetSplit`) with resize, crop, flip and normalization."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import ClassVar, Literal, Optional, Union
+
+import torch
+from pydantic import Field, field_validator
+
+from transfer_cli.data.bundle import DataBundle
+from transfer_cli.data.imaging import ImageTransform
+from transfer_cli.data.labels import class_order
+from transfer_cli.data.loader import DatasetSplit, ReadFailure
+from transfer_cli.data.registry import DATASETS
+from transfer_cli.data.splitting import SplitParams, carve_splits, require, split_info
+from transfer_cli.errors import DataError
+
+class ImageFolderParams(SplitParams):
+    # derived from the training data; evaluating a run reuses the run's values (config.resolve)
+    fitted_keys: ClassVar[tuple[str, ...]] = ("classes", "mean", "std")
+
+    size: Union[int, list[int]] = Field(224, description="(H, W) fed to the model, or one number for square images")
+    resize: Optional[int] = Field(None, gt=0, description="shorter side before cropping; default: just enough to "
+                                                          "cover size")
+    random_crop: bool = Field(False, description="training crops at random positions (else the centre)")
+    flip: bool = Field(False, description="training flips horizontally with probability 0.5")
+    mode: Literal["RGB", "L"] = Field("RGB", description="RGB (3 channels) or L (grey, 1 channel)")
+    normalize: bool = Field(True, description="subtract mean, divide by std (per channel)")
+    mean: Optional[list[float]] = Field(None, description="per-channel mean of [0, 1] pixels; default: computed "
+                                                          "on the training split")
+    std: Optional[list[float]] = Field(None, description="per-channel std; as mean")
+    stats_samples: int = Field(1000, ge=1, description="training images used to compute mean/std")
+    classes: Optional[list[str]] = Field(None, min_length=2, description="class folder names in label order; "
+                                                                         "default: the training folders, sorted")
+    extensions: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg"], min_length=1)
+    workers: Optional[int] = Field(None, ge=0, description="DataLoader worker processes; default min(4, CPUs); "
+                                                          "0 decodes in the main process")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: Union[int, list[int]]) -> list[int]:
+        size = [value, value] if isinstance(value, int) else value
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"expected a positive number or [height, width], got {value!r}")
+        return size
+
+
+def scan(root: Path, key: str, extensions: list[str],
+         classes: Optional[list[str]]) -> tuple[list[str], dict[str, list[Path]]]:
+    """(classes, {class: files}) of a class-per-sub-folder tree; an empty class folder is an error."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"{key} ({root}): no class sub-folders; expected {root}/<class>/<image files>")
+    suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    found = {}
+    for folder in folders:
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+        if not files:
+            raise DataError(f"{key} ({root}): class folder '{folder.name}' has no image "
+                            f"({', '.join(sorted(suffixes))}); "
+                            f"remove it or add images")
+        found[folder.name] = files
+    if classes is not None:
+        unknown = [name for name in found if name not in classes]
+        if unknown:
+            raise DataError(f"{key} ({root}): class folder '{unknown[0]}' is not in data.params.classes "
+                            f"({', '.join(classes)})")
+    return classes or class_order(found), found
+
+
+def check_headers(files: list[Path], key: str) -> None:
+    """Open every file's header (cheap: no decoding), so that a non-image fails now, named."""
+    from PIL import Image
+
+    for path in files:
+        try:
+            with Image.open(path):
+                pass
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"{key}: cannot read image {path}: {str(exc).strip().splitlines()[0]}") from None
+
+
+class FileReader:
+    """Sample id -> decoded tensor (picklable, so DataLoader workers can use it)."""
+
+    def __init__(self, files: list[str], transform: ImageTransform) -> None:
+        self.files, self.transform = files, transform
+
+    def __call__(self, sample: int, seed: Optional[int]) -> Union[torch.Tensor, ReadFailure]:
+        return self.transform(self.files[sample], seed)
+
+
+@DATASETS.register("image_folder", params=ImageFolderParams)
+def image_folder(params: ImageFolderParams, *, seed: int) -> DataBundle:
+    """Images in one sub-folder per class (PNG/JPEG), decoded by DataLoader workers."""
+    classes, files, given = list_images(params)
+    transform = _transform(params)
+    workers = params.workers if params.workers is not None else min(4, os.cpu_count() or 1)
+    shape = (transform.channels, *transform.size)
+
+    def make_splits(transform: ImageTransform) -> dict[str, DatasetSplit]:
+        reader = FileReader(files, transform)
+        return carve_splits({s: DatasetSplit(reader, ids, y, shape, workers) for s, (ids, y) in given.items()},
+                            params, given[params.reference()][1], params.key_of(params.reference()))
+
+    splits = make_splits(transform)
+    fitted: dict = {"classes": classes}
+    if params.normalize:
+        given_stats = params.mean is not None and params.std is not None
+        mean, std = (params.mean, params.std) if given_stats else channel_stats(
+            splits.get("train", next(iter(splits.values()))), params.stats_samples, params.split_seed)
+        _check_stats(mean, std, transform.channels)
+        splits = make_splits(ImageTransform(**{**transform.__dict__, "mean": tuple(mean), "std": tuple(std)}))
+        fitted.update(mean=mean, std=std)
+    return DataBundle(
+        splits=splits, task="multiclass", num_outputs=len(classes), class_names=classes,
+        info={"source": f"image folders {', '.join(params.sources().values())}", "workers": workers,
+              **split_info(params, {name: len(s) for name, s in splits.items()}, True)},
+        fitted=fitted,
+    )
+
+
+def list_images(params: ImageFolderParams) -> tuple[list[str], list[str], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """(classes, every file, {split: (file ids, labels)}) of the folders the params name."""
+    roots = {split: require(path, params.key_of(split), "folder") for split, path in params.sources().items()}
+    first = params.reference()
+    classes, by_class = scan(roots[first], params.key_of(first), params.extensions, params.classes)
+    per_split = {first: by_class}
+    for split in roots:
+        if split != first:
+            per_split[split] = scan(roots[split], params.key_of(split), params.extensions, classes)[1]
+    files: list[str] = []
+    given = {}
+    for split, by_class in per_split.items():
+        first, labels = len(files), []
+        for name, paths in by_class.items():
+            check_headers(paths, params.key_of(split))
+            files += [str(p) for p in paths]
+            labels += [classes.index(name)] * len(paths)
+        given[split] = (torch.arange(first, len(files)), torch.tensor(labels, dtype=torch.int64))
+    return classes, files, given
+
+
+def _transform(params: ImageFolderParams) -> ImageTransform:
+    return ImageTransform(size=(params.size[0], params.size[1]), resize=params.resize, mode=params.mode,
+                          random_crop=params.random_crop, flip=params.flip)
+
+
+def _check_stats(mean: list[float], std: list[float], channels: int) -> None:
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) != channels:
+            raise DataError(f"data.params.{name}: {len(values)} values for {channels} channels (mode)")
+    if min(std) <= 0:
+        raise DataError(f"data.params.std: every value must be positive, got {std}")
+
+
+def channel_stats(train: DatasetSplit, samples: int, seed: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of up to `samples` training images (chosen by seed), un-augmented."""
+    chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:samples]
+    train = train.subset(chosen.sort().values)  # its own loader, dropped when done
+    total = torch.zeros(train.sample_shape[0], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    count = 0
+    for x, _ in train.batches(64, torch.device("cpu")):
+        x = x.double().transpose(0, 1).reshape(x.shape[1], -1)
+        total += x.sum(1)
+        squares += (x * x).sum(1)
+        count += x.shape[1]
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
+    return [round(v, 6) for v in mean.tolist()], [round(max(v, 1e-3), 6) for v in std.tolist()]

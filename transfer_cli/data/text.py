@@ -1,0 +1,112 @@
+"""The `text_csv` data source: a text column and a label column, tokenized once with a local
+tokenizer (a `tokenizer.json`, or the tokenizer of a local Hugging Face model directory).
+
+Each sample is a (2, max_length) int64 tensor: token ids and attention mask, padded and truncated
+to max_length, held in memory and batched by indexing like any tensor data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from transfer_cli.data.bundle import DataBundle, TensorSplit
+from transfer_cli.data.registry import DATASETS
+from transfer_cli.data.splitting import DataPath, carve_splits, split_info
+from transfer_cli.data.tabular import TableParams, read_table, table_targets
+from transfer_cli.errors import ConfigError, DataError
+
+PAD_TOKENS = ("[PAD]", "<pad>", "<|padding|>", "<|endoftext|>")
+
+
+class TextCsvParams(TableParams):
+    text: str = Field(..., description="the text column")
+    tokenizer: DataPath = Field(..., description="a tokenizer.json file, or a local Hugging Face model directory")
+    max_length: int = Field(128, ge=2, description="tokens per text: longer texts are truncated, shorter ones padded")
+
+
+@DATASETS.register("text_csv", params=TextCsvParams)
+def text_csv(params: TextCsvParams, *, seed: int) -> DataBundle:
+    """Texts and labels from CSV files, tokenized with a local tokenizer into (2, max_length) ids + mask."""
+    tables = {split: read_table(path, params.key_of(split), params.delimiter)
+              for split, path in params.sources().items()}
+    targets = table_targets(tables, params)
+    tokenizer = load_tokenizer(Path(params.tokenizer), params.max_length)
+    given, truncated = {}, 0
+    for split, table in tables.items():
+        x, cut = tokenize(tokenizer, table.column(params.text, "text"), params.max_length)
+        given[split] = TensorSplit(x, targets.y[split])
+        truncated += cut
+    splits = carve_splits(given, params, targets.strata, tables[params.reference()].where)
+    return DataBundle(
+        splits=splits, task=targets.task, num_outputs=targets.num_outputs, class_names=targets.class_names,
+        info={"source": f"text csv {', '.join(params.sources().values())}", "tokenizer": params.tokenizer,
+              "vocab_size": tokenizer.get_vocab_size(), "truncated_texts": truncated,
+              **split_info(params, {name: len(s) for name, s in splits.items()}, targets.strata is not None)},
+        fitted={"classes": targets.class_names} if targets.class_names else {},
+    )
+
+
+def load_tokenizer(path: Path, max_length: int) -> Any:
+    """A `tokenizers.Tokenizer` from a tokenizer.json file or a model directory holding one."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise ConfigError(["data.name: text_csv needs the optional package 'tokenizers': "
+                           "pip install -e \".[hf]\""]) from None
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if path.is_dir() and not file.is_file():
+        tokenizer = _converted(path)
+    elif not file.is_file():
+        raise DataError(f"data.params.tokenizer: file not found: {path} (a tokenizer.json file or a local model "
+                        f"directory; relative paths are resolved against the working directory)")
+    else:
+        try:
+            tokenizer = Tokenizer.from_file(str(file))
+        except Exception as exc:  # noqa: BLE001  the tokenizers library raises its own exception types
+            raise DataError(f"data.params.tokenizer: cannot read {file} as a tokenizers JSON file ({exc})") from None
+    pad_id, pad_token = _padding(tokenizer, file)
+    tokenizer.enable_truncation(max_length)
+    tokenizer.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad_token)
+    return tokenizer
+
+
+def _converted(directory: Path) -> Any:
+    """The fast tokenizer that transformers builds from a model directory without tokenizer.json
+    (vocab.txt, sentencepiece model, ...), read from local files only."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise DataError(f"data.params.tokenizer: {directory} has no tokenizer.json; building its tokenizer from "
+                        f"other files needs the optional package 'transformers': pip install -e \".[hf]\"") from None
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, use_fast=True).backend_tokenizer
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()
+        raise DataError(f"data.params.tokenizer: cannot load a tokenizer from {directory} "
+                        f"({first[0] if first else type(exc).__name__})") from None
+
+
+def _padding(tokenizer: Any, file: Path) -> tuple[int, str]:
+    if tokenizer.padding:
+        return tokenizer.padding["pad_id"], tokenizer.padding["pad_token"]
+    for token in PAD_TOKENS:
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id, token
+    raise DataError(f"data.params.tokenizer: {file} defines no padding token (none of {', '.join(PAD_TOKENS)}); "
+                    f"add one to the tokenizer")
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> tuple[torch.Tensor, int]:
+    """(N, 2, max_length) ids and attention mask, and how many texts were truncated."""
+    encodings = tokenizer.encode_batch(texts)
+    ids = torch.tensor([e.ids for e in encodings], dtype=torch.int64).reshape(len(texts), max_length)
+    mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.int64).reshape(len(texts), max_length)
+    truncated = sum(1 for e in encodings if e.overflowing)
+    return torch.stack([ids, mask], dim=1), truncated

@@ -1,32 +1,36 @@
 """Built-in procedurally generated source/target task pair ("motif world").
 
-A *world* is a fixed set of ``n_motifs`` short, smooth random patterns
-(1-D segments or 2-D patches), fixed entirely by ``world_seed`` (and the
-shape arguments). Samples are drawn from that world with a separate data
-``seed``:
+A *world* is a fixed set of short, smooth random patterns ("motifs": 1-D
+segments or 2-D patches), fixed entirely by ``world_seed`` (plus the shape
+arguments): ``n_motifs`` *class* motifs (indices ``0..n_motifs-1``) and
+``n_clutter`` *clutter* motifs (the following indices) that are never a class.
+Motifs are chosen to be as distinct as possible up to shifts. Samples are
+drawn from the world with a separate data ``seed``:
 
 * background = white noise (std ``noise``) + a smooth low-frequency drift
   (std ``0.5 * noise``);
-* one or more motifs pasted at random, non-overlapping positions, each with a
+* the sample's motifs pasted at random, non-overlapping positions, each with a
   random amplitude in [0.8, 1.5] (1-D motifs are also randomly stretched by
-  0.8x-1.25x, so detectors must be a little scale tolerant).
+  0.8x-1.25x, so detectors must be scale tolerant).
 
-Tasks:
+Tasks (same world, so features transfer; new classes, so the head is new):
 
-* ``"source"``: ``n_motifs`` classes, class ``k`` = "motif ``k`` is present"
-  (exactly one motif per sample). Names: ``"motif-k"``.
-* ``"target"``: 5 classes, each a *pair* of motifs arranged in a cycle over
-  motifs 0..4: (0,1), (1,2), (2,3), (3,4), (4,0). Every motif appears in two
-  classes, so a class is only identified by detecting *both* of its motifs:
-  the same features, combined in a new way, need a new head. Names:
-  ``"motif-0+motif-1"`` etc.
+* ``"source"``: ``n_motifs`` classes, class ``k`` = "class motif ``k`` is
+  present", plus ``n_distractors`` (default 1) clutter motifs to ignore.
+  Names ``"motif-k"``.
+* ``"target"``: 5 classes, each a *pair* of motifs in a cycle over motifs
+  0..4: (0,1), (1,2), (2,3), (3,4), (4,0), plus ``n_distractors`` (default 1)
+  distractors drawn from the remaining class motifs 5.. and the clutter.
+  Every motif belongs to two classes, so a class is only identified by
+  detecting *both* of its motifs while ignoring motifs that *were* source
+  classes. Names ``"motif-0+motif-1"`` etc.
 
-Because the world is shared, a network pretrained on the source has motif
-detectors that make the few-shot target easy; from scratch, 10 examples per
-class are not enough to learn the detectors reliably.
+A network pretrained on the source already has the motif detectors, so the
+10-shot target is easy for it; from scratch, 50 examples are not enough to
+learn the detectors (``scripts/check_builtin_task.py`` measures this).
 
-Everything is pure numpy (float64 internally), converted to float32 ``x`` and
-int64 ``y`` tensors at the end; identical arguments give bit-identical tensors.
+Pure numpy (float64 internally), returned as float32 ``x`` / int64 ``y``
+tensors; identical arguments give bit-identical tensors.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 __all__ = ["make_motif_task", "make_world", "TARGET_PAIRS", "DEFAULT_LENGTH"]
 
 #: Default ``length`` (L for 1-D, H=W for 2-D) per ``dims``.
-DEFAULT_LENGTH: dict[int, int] = {1: 96, 2: 16}
+DEFAULT_LENGTH: dict[int, int] = {1: 128, 2: 16}
 #: Default motif width (1-D segment length / 2-D patch side) per ``dims``.
 DEFAULT_MOTIF_WIDTH: dict[int, int] = {1: 15, 2: 5}
 #: Target classes: pairs of motif indices (a cycle over motifs 0..4).
@@ -136,10 +140,9 @@ def _background(rng: np.random.Generator, n: int, channels: int, dims: int, leng
     return x + _DRIFT_FRACTION * noise * drift
 
 
-def _stretch(m: np.ndarray, factor: float) -> np.ndarray:
-    """Resample a (C, w) motif to width round(w*factor) by linear interpolation."""
+def _stretch(m: np.ndarray, nw: int) -> np.ndarray:
+    """Resample a (C, w) motif to width nw by linear interpolation."""
     w = m.shape[-1]
-    nw = max(3, int(round(w * factor)))
     src = np.linspace(0.0, w - 1.0, nw)
     return np.stack([np.interp(src, np.arange(w), c) for c in m])
 
@@ -174,6 +177,7 @@ def _make_split(rng: np.random.Generator, world: np.ndarray, combos: list[tuple[
     channels = world.shape[1]
     y = _balanced_labels(rng, n, len(combos))
     x = _background(rng, n, channels, dims, length, noise)
+    cache: dict[tuple[int, int], np.ndarray] = {}
     for i in range(n):
         ids = list(combos[int(y[i])])
         if n_distractors:
@@ -182,7 +186,10 @@ def _make_split(rng: np.random.Generator, world: np.ndarray, combos: list[tuple[
         for mi in ids:
             m = world[mi]
             if dims == 1:
-                m = _stretch(m, float(rng.uniform(*_STRETCH_RANGE)))
+                nw = max(3, int(round(m.shape[-1] * rng.uniform(*_STRETCH_RANGE))))
+                if (mi, nw) not in cache:
+                    cache[(mi, nw)] = _stretch(m, nw)
+                m = cache[(mi, nw)]
             ms.append(m * rng.uniform(*_AMP_RANGE))
         order = rng.permutation(len(ms))  # random left/right (top/bottom) order
         ms = [ms[j] for j in order]
@@ -205,22 +212,26 @@ def make_motif_task(
     n_test: int,
     seed: int = 0,
     world_seed: int = 0,
-    noise: float = 0.5,
+    noise: float = 0.15,
     length: int | None = None,
     channels: int = 1,
     n_motifs: int = 10,
-    motif_width: int | None = None,
+    n_clutter: int = 4,
     n_distractors: int | None = None,
+    motif_width: int | None = None,
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[str]]:
-    """Build the built-in "motif world" task.
+    """Build the built-in "motif world" source or target task.
 
-    ``task`` is ``"source"`` (``n_motifs`` classes: which single motif is
-    present) or ``"target"`` (5 classes: which cyclic pair of motifs 0..4 is
-    present). ``dims=1`` gives x of shape (N, C, L), ``dims=2`` gives
-    (N, C, H, W) with H=W=``length`` (default 96 for 1-D, 16 for 2-D).
-    ``world_seed`` fixes the motifs (share it between source and target);
-    ``seed`` draws the samples; train/val/test use independent sub-seeds.
-    Labels are balanced (per-class counts differ by at most one).
+    ``task``: ``"source"`` (``n_motifs`` classes: which class motif is present)
+    or ``"target"`` (5 classes: which cyclic pair of motifs 0..4 is present).
+    ``dims=1`` gives x of shape (N, C, L); ``dims=2`` gives (N, C, H, W) with
+    H = W = ``length``. ``length`` defaults to 128 (1-D) / 16 (2-D),
+    ``motif_width`` to 15 (1-D) / 5 (2-D). ``world_seed`` fixes the motifs
+    (share it between source and target); ``seed`` draws the samples, and
+    train/val/test use independent sub-seeds. ``n_distractors`` extra
+    non-class motifs per sample (default 1; source: clutter motifs, target:
+    motifs 5.. and clutter). Labels are balanced (per-class counts differ by
+    at most one) and shuffled.
 
     Returns ``({"train": (x, y), "val": (x, y), "test": (x, y)}, class_names)``
     with float32 x and int64 y.
@@ -232,10 +243,12 @@ def make_motif_task(
     for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if int(n) < 0:
             raise ValueError(f"{name} must be >= 0, got {n}")
-    if noise < 0:
+    if not noise >= 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     if channels < 1:
         raise ValueError(f"channels must be >= 1, got {channels}")
+    if n_clutter < 0:
+        raise ValueError(f"n_clutter must be >= 0, got {n_clutter}")
     length = DEFAULT_LENGTH[dims] if length is None else int(length)
     if task == "target":
         need = 1 + max(max(p) for p in TARGET_PAIRS)
@@ -246,23 +259,26 @@ def make_motif_task(
         if n_motifs < 2:
             raise ValueError(f"n_motifs must be >= 2, got {n_motifs}")
         combos = [(k,) for k in range(n_motifs)]
-    world = make_world(dims=dims, n_motifs=n_motifs, channels=channels, motif_width=motif_width,
-                       world_seed=world_seed)
-    used = sorted({i for c in combos for i in c})
-    pool = [i for i in range(n_motifs) if i not in used]
+    used = {i for c in combos for i in c}
+    pool = [i for i in range(n_motifs + n_clutter) if i not in used]
     if n_distractors is None:
-        n_distractors = 1 if task == "target" else 0
-    if n_distractors < 0 or n_distractors > len(pool):
+        n_distractors = min(1, len(pool))
+    if not 0 <= n_distractors <= len(pool):
         raise ValueError(f"n_distractors must be in [0, {len(pool)}] for this task, got {n_distractors}")
-    w_max = int(np.ceil(world.shape[-1] * (_STRETCH_RANGE[1] if dims == 1 else 1.0)))
+    world = make_world(dims=dims, n_motifs=n_motifs + n_clutter, channels=channels,
+                       motif_width=motif_width, world_seed=world_seed)
+    w = world.shape[-1]
     per_sample = max(len(c) for c in combos) + n_distractors
-    if (dims == 1 and length < per_sample * w_max) or (dims == 2 and length < per_sample * world.shape[-1]):
-        raise ValueError(f"length {length} too small for motifs of width {world.shape[-1]}")
+    w_max = int(round(w * _STRETCH_RANGE[1])) if dims == 1 else w
+    # leave room so that random non-overlapping placement stays easy
+    if (length < w_max or (dims == 1 and 2 * length < 3 * per_sample * w_max)
+            or (dims == 2 and length * length < 2 * per_sample * w_max * w_max)):
+        raise ValueError(f"length {length} is too small to hold {per_sample} motifs of width {w}")
 
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         ss = np.random.SeedSequence([int(seed), int(world_seed), _TASK_IDS[task], _SPLIT_IDS[split],
-                                     dims, length, channels, n_motifs])
+                                     dims, length, channels, n_motifs, n_clutter, n_distractors])
         splits[split] = _make_split(np.random.default_rng(ss), world, combos, int(n), dims, length,
                                     float(noise), pool, int(n_distractors))
     names = ["+".join(f"motif-{i}" for i in c) for c in combos]

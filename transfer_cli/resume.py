@@ -24,8 +24,9 @@ def restore_training(run: RunDir, exp: Experiment, engine: Engine, console: Cons
     check_same_config(run, exp)
     for path in _candidates(run):
         try:
-            weights = ckpt.read_weights(path / ckpt.WEIGHTS)
             state = ckpt.load_state(path)
+            # a run whose exported weights differ from its training state (LoRA) keeps the latter
+            weights = state["model"] if "model" in state else ckpt.read_weights(path / ckpt.WEIGHTS)
             engine.model.load_state_dict(weights)
             engine.load_training_state(state["engine"])
         except (CheckpointError, KeyError, RuntimeError, ValueError) as exc:

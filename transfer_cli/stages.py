@@ -12,27 +12,24 @@ import torch
 from torch import nn
 
 from transfer_cli import checkpoint as ckpt
-from transfer_cli.callbacks import Checkpointer, ConsoleProgress, EarlyStopping, MetricsLog
-from transfer_cli.config.schema import Experiment
+from transfer_cli.config.schema import Experiment, TransferConfig
 from transfer_cli.console import Console
 from transfer_cli.data import DATASETS, DataBundle
 from transfer_cli.data.fewshot import select_per_class
-from transfer_cli.engine import Engine, EngineConfig, TrainState
+from transfer_cli.engine import TrainState
 from transfer_cli.errors import ConfigError, Interrupted, RunFailed, TransferError
 from transfer_cli.evaluation import Evaluator
 from transfer_cli.losses import LOSSES
 from transfer_cli.metrics import build_metrics, higher_is_better, metric_names, to_predictions
 from transfer_cli.models import MODELS, TransferModel
-from transfer_cli.optim import OPTIMIZERS, param_groups
 from transfer_cli.provenance import command_line, device_name, git_commit, now, versions
 from transfer_cli.report import SCHEMA_VERSION, write_report
 from transfer_cli.resume import restore_training
 from transfer_cli.rundir import RunDir
-from transfer_cli.schedules import SCHEDULES
 from transfer_cli.seeding import seed_everything
+from transfer_cli.training import Trainer, phases_summary
 from transfer_cli.transfer import load_exact, load_initial_weights, sha256_of
 
-SMOKE_STEPS = 3
 SMOKE_EVAL_BATCHES = 2
 
 
@@ -66,25 +63,28 @@ class Parts:
 
 # ---- stages ----------------------------------------------------------------------------------
 def pretrain(exp: Experiment, opts: RunOptions, console: Console) -> dict:
+    if exp.transfer != TransferConfig():
+        console.warn("the transfer section is ignored by pretrain (it trains everything from random initialisation)")
+        exp.transfer = TransferConfig()
     parts = build_parts(exp, opts)
     return train_and_report("pretrain", exp, parts, opts, console, lineage={"init": "random", "seed": exp.seed})
 
 
 def finetune(exp: Experiment, opts: RunOptions, console: Console) -> dict:
-    parts = build_parts(exp, opts)
-    load = load_initial_weights(parts.model, exp.transfer.init_from, head=exp.transfer.head,
-                                strict=exp.transfer.strict)
-    console.info(f"init: {load.summary()}")
-    lineage = {"init_from": exp.transfer.init_from, "weights": load.weights, "sha256": load.sha256,
-               "load_report": load.to_dict()}
-    return train_and_report("finetune", exp, parts, opts, console, lineage)
+    """Start from pretrained weights, apply the strategy, fit; optionally a scratch baseline and
+    several seeds (see finetuning.py)."""
+    from transfer_cli.finetuning import finetune as run_finetune
+
+    return run_finetune(exp, opts, console)
 
 
 def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     parts = build_parts(exp, opts)
     weights, source_run = load_exact(parts.model, exp.eval.checkpoint)
     split = parts.data.split(exp.eval.split)
-    run = RunDir.check(run_path(exp, opts, "evaluate"), opts.mode if opts.mode != "resume" else "overwrite")
+    path = run_path(exp, opts, "evaluate")
+    run = RunDir.check(path, opts.mode)
+    exp.run_dir = str(path.absolute())
     lineage = {"checkpoint": exp.eval.checkpoint, "weights": str(weights), "sha256": sha256_of(weights),
                "source_run": str(source_run) if source_run else None}
     run.create(opts.mode, checkpoints=False)
@@ -106,12 +106,10 @@ def validate_only(exp: Experiment, stage: str, opts: RunOptions, console: Consol
     if stage == "evaluate":
         load_exact(parts.model, exp.eval.checkpoint)
     path = run_path(exp, opts, stage)
+    steps = 0
     if stage != "evaluate":
-        engine = build_engine(exp, parts, callbacks=())
         RunDir.check(path, opts.mode)
-        steps = engine.total_steps(parts.data.split("train"))
-    else:
-        steps = 0
+        steps = Trainer(exp, parts, None, console).total
     summary = {"stage": stage, "run_dir": str(path), "data": data_info(exp, parts.data),
                "model": model_info(exp, parts.model), "steps": steps, "device": str(parts.device),
                "monitor": parts.monitor}
@@ -174,26 +172,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_engine(exp: Experiment, parts: Parts, callbacks: tuple, smoke: bool = False) -> Engine:
-    train = exp.train
-    groups = param_groups(parts.model, exp.optim.lr, exp.optim.weight_decay)
-    optimizer = OPTIMIZERS.build(exp.optim.name, exp.optim.params, groups=groups, lr=exp.optim.lr)
-    cfg = EngineConfig(
-        epochs=1 if smoke else train.epochs, batch_size=exp.data.batch_size,
-        max_steps=min(train.max_steps or SMOKE_STEPS, SMOKE_STEPS) if smoke else train.max_steps,
-        grad_accum=train.grad_accum, clip_grad_norm=train.clip_grad_norm, precision=train.precision,
-        eval_every_steps=None if smoke else train.eval_every_steps, log_every_steps=train.log_every_steps,
-        monitor=parts.monitor, monitor_higher_is_better=parts.monitor_higher_is_better,
-        monitor_min_delta=train.early_stopping.min_delta, seed=exp.seed,
-    )
-    engine = Engine(parts.model, optimizer, lambda step: 1.0, parts.loss, parts.evaluator, parts.device, cfg,
-                    callbacks)
-    total = engine.total_steps(parts.data.split("train"))
-    engine.schedule = SCHEDULES.build(exp.schedule.name, exp.schedule.params,
-                                      warmup_steps=exp.schedule.warmup_steps, total_steps=total)
-    return engine
-
-
 # ---- running ---------------------------------------------------------------------------------
 def run_path(exp: Experiment, opts: RunOptions, stage: str) -> Path:
     """--run-dir, else the config's run_dir, else runs/<config folder>/<config name>."""
@@ -215,28 +193,21 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
     path = run_path(exp, opts, stage)
     run = RunDir.check(path, opts.mode, needed_bytes=3 * model_bytes(parts.model))
     train, val = parts.data.split("train"), parts.data.splits.get("val")
-    checkpointer = Checkpointer(run, exp.train.keep_last, parts.monitor)
-    callbacks: list = [MetricsLog(run), checkpointer]
-    if exp.train.early_stopping.patience:
-        callbacks.append(EarlyStopping(exp.train.early_stopping.patience, parts.monitor))
-    engine = build_engine(exp, parts, (), smoke=opts.smoke)
-    total = engine.total_steps(train)
-    progress = ConsoleProgress(console, total, None if exp.train.max_steps else engine.cfg.epochs, parts.monitor,
-                               stage)
-    engine.callbacks = callbacks + [progress]
+    trainer = Trainer(exp, parts, run, console, smoke=opts.smoke, label=stage)
     exp.run_dir = str(path.absolute())
     state = TrainState()
     if opts.resume and (run.path / "config.yaml").is_file():
-        state = restore_training(run, exp, engine, console)
+        state = restore_training(run, exp, trainer.engine, console)
         if state is None:
             return _report_of_completed(run, console)
     run.create(opts.mode)
     started = start_run(run, stage, exp, parts, opts, lineage, resumed_at=state.step if opts.resume else None)
-    console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {total} steps on "
+    run.update_run(strategy={"name": exp.transfer.strategy, "phases": phases_summary(trainer.plan)})
+    console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {trainer.total} steps on "
                  f"{parts.device}; run dir {path}")
     tic = time.perf_counter()
     try:
-        engine.fit(train, val, state)
+        trainer.fit(train, val, state)
     except Interrupted:
         run.update_run(status="interrupted", ended_at=now(), step=state.step)
         raise
@@ -247,10 +218,14 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
         run.update_run(status="failed", ended_at=now(), step=state.step, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        progress.close()
+        trainer.close()
     train_seconds = time.perf_counter() - tic
     if state.stop_reason:
         console.info(state.stop_reason)
+    if trainer.lora:
+        from transfer_cli.models.lora import merge_lora
+
+        merge_lora(parts.model)
     checkpoint = _load_best(run, parts.model)
     tic = time.perf_counter()
     metrics = {"val": parts.evaluator(val)} if val is not None else {}
@@ -283,7 +258,7 @@ def _report_of_completed(run: RunDir, console: Console) -> dict:
     return json.loads((run.path / "report.json").read_text())
 
 
-def start_run(run: RunDir, stage: str, exp: Experiment, parts: Parts, opts: RunOptions, lineage: dict,
+def start_run(run: RunDir, stage: str, exp: Experiment, parts: Optional[Parts], opts: RunOptions, lineage: dict,
               resumed_at: Optional[int] = None) -> dict:
     """Write config.yaml and run.json (status running)."""
     run.write_config(exp.model_dump(mode="json"))
@@ -291,9 +266,11 @@ def start_run(run: RunDir, stage: str, exp: Experiment, parts: Parts, opts: RunO
     info = {
         "stage": stage, "status": "running", "command": " ".join(command_line()), "cwd": str(Path.cwd()),
         "started_at": previous.get("started_at", now()), "ended_at": None, "versions": versions(),
-        "device": device_name(parts.device), "seed": exp.seed, "git_commit": git_commit(), "smoke": opts.smoke,
-        "lineage": lineage, "data": data_info(exp, parts.data), "model": model_info(exp, parts.model),
+        "seed": exp.seed, "git_commit": git_commit(), "smoke": opts.smoke, "lineage": lineage,
     }
+    if parts is not None:
+        info.update(device=device_name(parts.device), data=data_info(exp, parts.data),
+                    model=model_info(exp, parts.model))
     if resumed_at is not None:
         info["resumed"] = previous.get("resumed", []) + [{"at": now(), "step": resumed_at}]
         info["resumed_at"] = resumed_at
@@ -306,12 +283,19 @@ def finish_run(run: RunDir, report: dict, started: dict) -> None:
     run.update_run(status="completed", ended_at=now())
 
 
+def make_report_header(stage: str, exp: Experiment, opts: RunOptions) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "stage": stage, "name": exp.name, "run_dir": exp.run_dir,
+            "smoke": opts.smoke, "eval_split": exp.eval.split}
+
+
 def make_report(stage: str, exp: Experiment, parts: Parts, metrics: dict, lineage: dict, timings: dict,
                 opts: RunOptions, checkpoint: Optional[dict], stop_reason: Optional[str] = None) -> dict:
+    headline = parts.monitor.split("/", 1)[1]
     return {
-        "schema_version": SCHEMA_VERSION, "stage": stage, "name": exp.name, "smoke": opts.smoke,
-        "metrics": metrics, "monitor": parts.monitor, "checkpoint": checkpoint, "stop_reason": stop_reason,
-        "data": data_info(exp, parts.data), "lineage": lineage, "timings": timings,
+        **make_report_header(stage, exp, opts), "metrics": metrics, "monitor": parts.monitor,
+        "headline": {"metric": headline, "higher_is_better": parts.monitor_higher_is_better},
+        "checkpoint": checkpoint, "stop_reason": stop_reason, "data": data_info(exp, parts.data),
+        "lineage": lineage, "timings": timings,
     }
 
 

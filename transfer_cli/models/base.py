@@ -23,6 +23,7 @@ class TransferModel(nn.Module):
         self.feature_dim = feature_dim
         self.head = nn.Linear(feature_dim, num_outputs)
         self._groups = list(groups)
+        self._fixed_modules: list[str] = []
 
     @property
     def num_outputs(self) -> int:
@@ -40,6 +41,19 @@ class TransferModel(nn.Module):
 
     def layer_groups(self) -> list[nn.Module]:
         return [self.get_submodule(name) for name in self.layer_group_names()]
+
+    def fix_modules(self, names: list[str]) -> None:
+        """Keep these submodules in eval mode whenever the model trains (frozen parts keep their
+        running statistics and run dropout-free)."""
+        self._fixed_modules = list(names)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "TransferModel":
+        super().train(mode)
+        if mode:
+            for name in self._fixed_modules:
+                self.get_submodule(name).eval()
+        return self
 
     def reset_head(self, num_outputs: int | None = None) -> None:
         """A freshly initialised head (with `num_outputs` outputs, default: as before)."""

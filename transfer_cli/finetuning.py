@@ -32,7 +32,8 @@ def finetune(exp: Experiment, opts: RunOptions, console: Console) -> dict:
 def finetune_once(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     parts = build_parts(exp, opts)
     tcfg = exp.transfer
-    load = load_initial_weights(parts.model, tcfg.init_from, head=tcfg.head, strict=tcfg.strict)
+    load = load_initial_weights(parts.model, tcfg.init_from, head=tcfg.head, strict=tcfg.strict,
+                                keys=tcfg.keys)
     console.info(f"init: {load.summary()}")
     if tcfg.strategy == "lora":
         from transfer_cli.models.lora import add_lora

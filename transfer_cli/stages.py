@@ -102,7 +102,9 @@ def validate_only(exp: Experiment, stage: str, opts: RunOptions, console: Consol
     """Build every part (data, model, loss, metrics, optimizer, weights) and train nothing."""
     parts = build_parts(exp, opts)
     if stage == "finetune":
-        console.info(f"init: {load_initial_weights(parts.model, exp.transfer.init_from, exp.transfer.head, exp.transfer.strict).summary()}")
+        load = load_initial_weights(parts.model, exp.transfer.init_from, head=exp.transfer.head,
+                                    strict=exp.transfer.strict, keys=exp.transfer.keys)
+        console.info(f"init: {load.summary()}")
     if stage == "evaluate":
         load_exact(parts.model, exp.eval.checkpoint)
     path = run_path(exp, opts, stage)

@@ -7,10 +7,11 @@ and free-form `params`; the params are checked against the builder's own params 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 
 class Section(BaseModel):
@@ -95,6 +96,17 @@ class KeyMap(Section):
     rename: dict[str, str] = Field(default_factory=dict, description="regex -> replacement, applied in order")
     include: list[str] = Field(default_factory=list, description="glob patterns over mapped keys; empty = all")
     exclude: list[str] = Field(default_factory=list, description="glob patterns over mapped keys to leave out")
+
+    @field_validator("rename")
+    @classmethod
+    def _compiles(cls, rename: dict[str, str]) -> dict[str, str]:
+        for pattern, replacement in rename.items():
+            try:
+                re.compile(pattern).sub(replacement, "")  # also checks the replacement's group references
+            except re.error as exc:
+                raise ValueError(f"'{pattern}': '{replacement}' is not a valid regex rename ({exc}); "
+                                 f"patterns are Python regular expressions, e.g. '^encoder\\.': 'backbone.'") from None
+        return rename
 
 
 class LoraConfig(Section):

@@ -160,3 +160,15 @@ def test_lr_groups_no_decay_backbone_mult_and_layer_decay() -> None:
     assert by_name["head.bias"]["weight_decay"] == 0 and by_name["head.weight"]["weight_decay"] == 0.1
     assert by_name["backbone.block0.1.weight"]["weight_decay"] == 0  # a norm weight
     assert by_name["backbone.block0.0.weight"]["base_lr"] == pytest.approx(0.025)
+
+
+def test_lora_run_exports_merged_plain_weights(pretrained: Path) -> None:
+    run = finetune("transfer.strategy=lora", "transfer.lora.rank=2", "transfer.lora.targets=[backbone.*]")
+    before, after = weights(pretrained), weights(run)
+    assert set(after) == set(before)  # the plain architecture: no lora_ keys
+    assert changed(before, after, "backbone.block0.0.weight")  # adapters merged into the conv weight
+    stats = [k for k in before if k.endswith(BN_STATS)]
+    assert all(torch.equal(before[k], after[k]) for k in stats)  # frozen BN layers run in eval mode
+    result = run_cli("evaluate", str(run), "--json")
+    assert result.exit_code == 0, result.output
+    assert result.json()["metrics"]["test"] == read_json(run / "report.json")["metrics"]["test"]

@@ -236,6 +236,8 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
     steps_run = state.step - (started.get("resumed_at") or 0)
     timings = {"train_seconds": round(train_seconds, 3), "eval_seconds": round(time.perf_counter() - tic, 3),
                "steps": state.step, "steps_per_second": round(steps_run / train_seconds, 2) if train_seconds else None}
+    if trainer.cache_seconds:
+        timings["feature_cache_seconds"] = round(trainer.cache_seconds, 3)
     report = make_report(stage, exp, parts, metrics, lineage, timings, opts, checkpoint, state.stop_reason)
     finish_run(run, report, started)
     console.table(f"{stage} {exp.name or ''}".strip() + f" ({checkpoint['kind']} weights, step {checkpoint['step']})",

@@ -4,6 +4,7 @@ engine and its callbacks, and feature caching for head-only phases."""
 from __future__ import annotations
 
 import math
+import time
 from typing import Optional
 
 from transfer_cli.callbacks import Checkpointer, ConsoleProgress, EarlyStopping, MetricsLog, PhaseController
@@ -54,6 +55,7 @@ class Trainer:
 
         self.plan = build_plan(self.model, exp.transfer, steps_per_epoch, self.total, make_schedule, lora_names)
         self.cached = self._cache_decision(train)
+        self.cache_seconds = 0.0
         trains_ever = set().union(*(phase.trainable for phase in self.plan))
         scales = lr_scales(self.model.layer_group_names(), exp.transfer.backbone_lr_mult, exp.transfer.layer_decay)
         groups = param_groups(self.model, exp.optim.lr, exp.optim.weight_decay, scales, include=trains_ever.__contains__)
@@ -106,7 +108,9 @@ class Trainer:
                 self.engine.fit(train, val, state, until=end)
                 continue
             if not cache:
+                tic = time.perf_counter()
                 cache = self._features(train, val)
+                self.cache_seconds = time.perf_counter() - tic
                 self.console.info(f"features cached: the backbone ran once over {len(train)} training samples")
             self._head_engine().fit(cache["train"], cache.get("val"), state, until=end)
         return state

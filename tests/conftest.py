@@ -23,9 +23,9 @@ TINY_BASE = {
     "train": {"epochs": 2, "device": "cpu"},
 }
 SOURCE = {"name": "motifs", "params": {"task": "source", "n_train": 200, "n_val": 100, "n_test": 100,
-                                       "length": 64}, "batch_size": 32}
+                                       "length": 96}, "batch_size": 32}
 TARGET = {"name": "motifs", "params": {"task": "target", "n_train": 100, "n_val": 100, "n_test": 100,
-                                       "length": 64}, "batch_size": 16}
+                                       "length": 96}, "batch_size": 16}
 
 
 def write_yaml(path: Path, data: Any) -> Path:

@@ -113,7 +113,7 @@ def test_wrong_loss_for_the_task(tiny: Path) -> None:
 
 def test_model_that_does_not_fit_the_data(tiny: Path) -> None:
     err = _fails("pretrain", "configs/tiny/pretrain.yaml", "--set", "model={name: resnet}")
-    assert "model 'resnet' expects images (C, H, W) per sample" in err and "(1, 64)" in err
+    assert "model 'resnet' expects images (C, H, W) per sample" in err and "(1, 96)" in err
 
 
 def test_pretrain_refuses_init_from(tiny: Path) -> None:

@@ -285,7 +285,7 @@ def test_15_full_or_unwritable_disk_refused_before_training(tiny: Path, monkeypa
 
     trained = []
     real_fit = Engine.fit
-    monkeypatch.setattr(Engine, "fit", lambda self, *a: trained.append(1) or real_fit(self, *a))
+    monkeypatch.setattr(Engine, "fit", lambda self, *a, **k: trained.append(1) or real_fit(self, *a, **k))
     (tiny / "a-file").write_text("not a directory")
     _refused(run_cli("pretrain", "configs/tiny/pretrain.yaml", "--run-dir", "a-file/run"),
              "cannot write the run dir a-file/run: a-file is a file, not a directory")

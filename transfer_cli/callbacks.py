@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from transfer_cli import checkpoint as ckpt
 from transfer_cli.console import Console, format_value
 from transfer_cli.engine import BaseCallback, Engine, TrainState
 from transfer_cli.rundir import RunDir
 from transfer_cli.seeding import rng_state
+from transfer_cli.strategies import apply_phase, describe, phase_at
 
 
 class MetricsLog(BaseCallback):
@@ -27,21 +28,29 @@ class MetricsLog(BaseCallback):
 
 class Checkpointer(BaseCallback):
     """After each evaluation: a complete step checkpoint, `last` moved to it, `best` too when the
-    monitored metric improved, then old checkpoints pruned (never best, never the newest)."""
+    monitored metric improved, then old checkpoints pruned (never best, never the newest).
 
-    def __init__(self, run: RunDir, keep_last: int, monitor: str, extra_state: Optional[dict] = None) -> None:
+    `weights()` gives what model.safetensors holds (the plain architecture, e.g. LoRA merged);
+    `resume_state()`, when not None, is the model state needed to continue training exactly.
+    """
+
+    def __init__(self, run: RunDir, keep_last: int, monitor: str, weights: Callable[[], dict],
+                 resume_state: Callable[[], Optional[dict]] = lambda: None) -> None:
         self.run, self.keep_last, self.monitor = run, keep_last, monitor
-        self.extra_state = extra_state or {}
+        self.weights, self.resume_state = weights, resume_state
         self.saved_step: Optional[int] = None
 
     def save(self, engine: Engine, state: TrainState, improved: bool, value: Any = None) -> None:
         train_state = {
             "engine": engine.training_state(), "train_state": state.to_dict(), "rng": rng_state(),
-            "metrics_size": self.run.metrics_size(), **self.extra_state,
+            "metrics_size": self.run.metrics_size(),
         }
+        model_state = self.resume_state()
+        if model_state is not None:
+            train_state["model"] = model_state
         meta = {"step": state.step, "epoch": state.epoch, "monitor": self.monitor, "value": value,
                 "best_step": state.best_step, "time": time.time()}
-        path = ckpt.save_checkpoint(self.run.checkpoints, state.step, engine.model.state_dict(), train_state, meta)
+        path = ckpt.save_checkpoint(self.run.checkpoints, state.step, self.weights(), train_state, meta)
         ckpt.point(self.run.checkpoints, "last", path)
         # without a monitored value (no validation split) the best weights are the latest ones
         if improved or state.best is None:
@@ -55,6 +64,32 @@ class Checkpointer(BaseCallback):
     def on_interrupt(self, engine: Engine, state: TrainState) -> None:
         if self.saved_step != state.step:
             self.save(engine, state, improved=False)
+
+
+class PhaseController(BaseCallback):
+    """Applies the strategy's phase for the current step: at the start (also of a resumed run)
+    and whenever a new phase begins. Tags each evaluation record with its phase."""
+
+    def __init__(self, plan: list, model: Any, bn: str, console: Console) -> None:
+        self.plan, self.model, self.bn, self.console = plan, model, bn, console
+        self.current: Any = None
+
+    def _sync(self, step: int) -> None:
+        phase = phase_at(self.plan, step)
+        if phase is not self.current:
+            apply_phase(self.model, phase, self.bn)
+            self.current = phase
+            self.console.info(describe(phase, self.model))
+
+    def on_fit_start(self, engine: Engine, state: TrainState) -> None:
+        self._sync(state.step)
+
+    def on_step_end(self, engine: Engine, state: TrainState) -> None:
+        self._sync(state.step)
+
+    def on_eval_end(self, engine: Engine, state: TrainState, record: dict, improved: bool) -> None:
+        if len(self.plan) > 1:
+            record["phase"] = phase_at(self.plan, max(state.step - 1, 0)).name
 
 
 class EarlyStopping(BaseCallback):

@@ -238,6 +238,8 @@ def resolve_weights(ref: str) -> tuple[Path, Path | None]:
         return path, None
     if not path.exists():
         raise CheckpointError(f"{path}: no such run directory or weights file")
+    if any(path.glob("seed-*/run.json")):
+        raise CheckpointError(f"{path} is a multi-seed run; name one of its seed runs, e.g. {path}/seed-N")
     root = path / "checkpoints"
     if not root.is_dir():
         raise CheckpointError(f"{path}: not a run directory (no checkpoints/) and not a weights file")

@@ -33,7 +33,7 @@ ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run fr
 JsonOpt = typer.Option(False, "--json", help="Print the final report as JSON on stdout (logs go to stderr).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Only warnings and errors.")
 DebugOpt = typer.Option(False, "--debug", help="Show tracebacks.")
-SmokeOpt = typer.Option(False, "--smoke", help=f"A few steps on a few batches, to check the plumbing fast.")
+SmokeOpt = typer.Option(False, "--smoke", help="A few steps on a few batches, to check the plumbing fast.")
 
 
 def _version(value: bool) -> None:
@@ -140,13 +140,28 @@ def finetune(
     init_from: Optional[str] = typer.Option(None, "--init-from", metavar="RUN_OR_WEIGHTS",
                                             help="Start from this run dir (best weights; RUN@last for last) "
                                                  "or weights file (.safetensors/.pt)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", metavar="0,1,2",
+                                        help="Repeat over these seeds (runs in RUN/seed-N); report mean and std."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", metavar="scratch",
+                                           help="Also train the same model from scratch and report the transfer gain."),
     run_dir: Optional[str] = RunDirOpt, sets: Optional[List[str]] = SetOpt, overwrite: bool = OverwriteOpt,
     resume: bool = ResumeOpt, smoke: bool = SmokeOpt, json_out: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Adapt pretrained weights to a target task."""
     options = dict(run_dir=run_dir, overwrite=overwrite, resume=resume, smoke=smoke)
-    _execute(_stage("finetune", config, sets, options, init_from=init_from), json_out, quiet, debug)
+    flags = dict(init_from=init_from, seeds=_seed_list(seeds), baseline=baseline)
+    _execute(_stage("finetune", config, sets, options, **flags), json_out, quiet, debug)
+
+
+def _seed_list(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers like 0,1,2, got {text!r}",
+                                 param_hint="--seeds") from None
 
 
 @app.command()

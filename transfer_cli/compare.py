@@ -145,12 +145,12 @@ def _weights(run: dict[str, Any]) -> str:
 
 def _gain_rows(runs: list[dict[str, Any]]) -> list[list[str]]:
     """One row per metric that some run reports a transfer gain for (filled by the baseline)."""
-    gained = [name for r in runs for name in ((r.get("transfer_gain") or {}).get("metrics") or {})]
+    gained = [name for r in runs for name in (r.get("transfer_gain") or {})]
     rows = []
     for name in dict.fromkeys(gained):
         cells = []
         for run in runs:
-            entry = ((run.get("transfer_gain") or {}).get("metrics") or {}).get(name) or {}
-            cells.append(f"{entry['gain']:+.4g}" if isinstance(entry.get("gain"), (int, float)) else "-")
+            value = (run.get("transfer_gain") or {}).get(name)
+            cells.append(f"{value:+.4g}" if isinstance(value, (int, float)) else "-")
         rows.append([f"transfer gain, {metric_label(name)}"] + cells)
     return rows

@@ -104,9 +104,10 @@ class Engine:
         return self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch(train)
 
     # ---- training ----------------------------------------------------------------------------
-    def fit(self, train: TensorSplit, val: Optional[TensorSplit], state: TrainState) -> TrainState:
-        """Train until the step budget is spent or a callback stops it; returns the final state."""
-        total = self.total_steps(train)
+    def fit(self, train: TensorSplit, val: Optional[TensorSplit], state: TrainState,
+            until: Optional[int] = None) -> TrainState:
+        """Train until the step budget (or step `until`) is reached or a callback stops it."""
+        total = min(self.total_steps(train), until or 1 << 62)
         self._batches_per_epoch = train.num_batches(self.cfg.batch_size)
         self._emit("on_fit_start", state)
         with self._signals_trapped():

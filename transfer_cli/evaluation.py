@@ -3,6 +3,8 @@ report the breakdown (confusion matrix, per-class table, calibration) and the pr
 
 from __future__ import annotations
 
+import copy
+
 import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -47,6 +49,13 @@ class Evaluator:
         self.metrics = metrics.to(device)
         self.breakdown = breakdown.to(device) if breakdown is not None else None
         self.batch_size, self.precision, self.batch_limit = batch_size, precision, batch_limit
+
+    def for_model(self, model: nn.Module) -> "Evaluator":
+        """The same evaluation (metrics, loss, batching) of another model, e.g. the head alone on
+        cached features."""
+        other = copy.copy(self)
+        other.model = model
+        return other
 
     def __call__(self, split: TensorSplit) -> dict[str, float]:
         """Loss and metrics over `split` (what the engine logs at each evaluation)."""

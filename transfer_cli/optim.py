@@ -20,11 +20,13 @@ OPTIMIZERS: Registry = Registry("optimizer")
 LrScale = Callable[[str], float]
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_scale: Optional[LrScale] = None) -> list[dict]:
-    """Trainable parameters grouped by (decayed or not, LR scale), in a stable order."""
+def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_scale: Optional[LrScale] = None,
+                 include: Optional[Callable[[str], bool]] = None) -> list[dict]:
+    """Parameters grouped by (decayed or not, LR scale), in a stable order: those that train
+    at some point (`include`; default: requires_grad now)."""
     groups: dict[tuple[bool, float], dict] = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
+        if not (include(name) if include else param.requires_grad):
             continue
         decay = param.ndim >= 2 and weight_decay > 0
         scale = lr_scale(name) if lr_scale else 1.0
@@ -35,6 +37,24 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_scale: Opt
         group["params"].append(param)
         group["names"].append(name)
     return list(groups.values())
+
+
+def lr_scales(group_names: list[str], backbone_lr_mult: float = 1.0, layer_decay: Optional[float] = None) -> LrScale:
+    """Per-parameter LR scale: `backbone_lr_mult` for everything but the head, times
+    `layer_decay ** depth`, depth counted in layer groups from the head (head 0, the group
+    below it 1, ...). Parameters outside every group count as the input-most group."""
+    depth_of = {name: len(group_names) - 1 - i for i, name in enumerate(group_names)}
+    deepest = len(group_names) - 1
+
+    def scale(param_name: str) -> float:
+        in_head = param_name.startswith("head.")
+        depth = next((d for g, d in depth_of.items() if param_name.startswith(g + ".")), deepest)
+        value = 1.0 if in_head else backbone_lr_mult
+        if layer_decay is not None:
+            value *= layer_decay ** depth
+        return value
+
+    return scale
 
 
 class SGDParams(Params):

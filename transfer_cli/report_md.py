@@ -17,9 +17,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# {title}: {report['stage']}", ""]
     if report.get("smoke"):
         lines += ["> Smoke run: a few steps on a few batches. These numbers say nothing about quality.", ""]
+    if report.get("per_seed"):
+        return "\n".join(lines + _seeds_section(report)).rstrip() + "\n"
     lines += [headline_table(report).markdown(), ""]
     lines += _provenance(report) + [""]
-    lines += _transfer_gain(report.get("transfer_gain"))
+    lines += _transfer_gain(report)
     plots = report.get("plots") or {}
     if "learning_curves" in plots:
         lines += ["## Learning curves", "", f"![learning curves]({plots['learning_curves']})", ""]
@@ -63,14 +65,41 @@ def _provenance(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _transfer_gain(gain: Any) -> list[str]:
-    if not gain:
+def _transfer_gain(report: dict[str, Any]) -> list[str]:
+    gain, baseline = report.get("transfer_gain"), report.get("baseline")
+    if not gain or not baseline:
         return []
-    rows = [[name, format_value(v.get("transfer")), format_value(v.get("baseline")), _signed(v.get("gain"))]
-            for name, v in (gain.get("metrics") or {}).items()]
-    table = Table("", ["metric", "transferred", gain.get("baseline", "baseline"), "gain"], rows)
-    where = f" on {gain['split']}" if gain.get("split") else ""
-    return [f"## Transfer gain{where}", "", table.markdown(), ""]
+    split = report.get("eval_split")
+    ours, theirs = report["metrics"].get(split, {}), baseline["metrics"].get(split, {})
+    rows = [[name, format_value(ours.get(name)), format_value(theirs.get(name)), _signed(value)]
+            for name, value in gain.items()]
+    table = Table("", ["metric", "finetuned", "scratch", "gain"], rows)
+    verdict = ("**Negative transfer**: the model trained from scratch is better on "
+               f"{report['headline']['metric']}." if report.get("negative_transfer") else
+               f"Pretraining helped on {report['headline']['metric']}.")
+    return [f"## Transfer gain on {split}", "", f"Scratch baseline: `{baseline['run_dir']}`. {verdict}", "",
+            table.markdown(), ""]
+
+
+def _seeds_section(report: dict[str, Any]) -> list[str]:
+    """A multi-seed run: mean ± std per metric, the gain, and one row per seed run."""
+    split = report.get("eval_split")
+    mean, std = report["metrics"].get(split, {}), report["metrics_std"].get(split, {})
+    rows = [[name, f"{format_value(value)} ± {format_value(std.get(name))}"] for name, value in mean.items()]
+    lines = [f"Mean ± sample standard deviation over seeds {report['seeds']} on {split}.", "",
+             Table("", ["metric", split], rows).markdown(), ""]
+    if report.get("transfer_gain"):
+        gain_std = report["transfer_gain_std"]
+        rows = [[name, f"{value:+.4g} ± {gain_std[name]:.4g}"] for name, value in report["transfer_gain"].items()]
+        negative = report.get("negative_transfer_seeds") or []
+        lines += [f"## Transfer gain on {split} (finetuned − scratch)", "",
+                  f"Negative transfer in seeds: {negative}." if negative else "No seed showed negative transfer.", "",
+                  Table("", ["metric", "gain"], rows).markdown(), ""]
+    headline = (report.get("headline") or {}).get("metric", "accuracy")
+    rows = [[str(entry["seed"]), f"`{entry['run_dir']}`", format_value(entry["metrics"][split].get(headline)),
+             _signed((entry.get("transfer_gain") or {}).get(headline, "-"))] for entry in report["per_seed"]]
+    lines += ["## Seeds", "", Table("", ["seed", "run", headline, "gain"], rows).markdown(), ""]
+    return lines
 
 
 def _signed(value: Any) -> str:

@@ -30,8 +30,9 @@ def restore_training(run: RunDir, exp: Experiment, engine: Engine, console: Cons
     for path in reversed(ckpt.complete_checkpoints(run.checkpoints)):
         try:
             ckpt.verify(path)
-            weights = ckpt.read_weights(path / ckpt.WEIGHTS)
             state = ckpt.load_state(path)
+            # a run whose exported weights differ from its training state (LoRA) keeps the latter
+            weights = state["model"] if "model" in state else ckpt.read_weights(path / ckpt.WEIGHTS)
             engine.model.load_state_dict(weights)
             engine.load_training_state(state["engine"])
             train_state = TrainState.from_dict(state["train_state"])

@@ -13,31 +13,28 @@ from torch import nn
 
 from transfer_cli import checkpoint as ckpt
 from transfer_cli.breakdown import Breakdown, class_labels
-from transfer_cli.callbacks import Checkpointer, ConsoleProgress, EarlyStopping, MetricsLog
-from transfer_cli.config.schema import Experiment
+from transfer_cli.config.schema import Experiment, TransferConfig
 from transfer_cli.console import Console
 from transfer_cli.data import DATASETS, DataBundle
 from transfer_cli.data.checks import check_batches, check_bundle, check_split
 from transfer_cli.data.fewshot import select_per_class
-from transfer_cli.engine import Engine, EngineConfig, TrainState
-from transfer_cli.errors import ConfigError, Interrupted, RunFailed, TransferError
+from transfer_cli.engine import TrainState
+from transfer_cli.errors import ConfigError, Interrupted, TransferError
 from transfer_cli.evaluation import Evaluator, SplitResult
 from transfer_cli.losses import LOSSES
 from transfer_cli.metrics import (MetricContext, build_metrics, higher_is_better, metric_inputs, metric_names,
                                   resolve_threshold)
 from transfer_cli.models import MODELS, TransferModel
-from transfer_cli.optim import OPTIMIZERS, param_groups
 from transfer_cli.predictions import check_target as check_predictions_target
 from transfer_cli.predictions import write_predictions
 from transfer_cli.provenance import command_line, device_name, git_commit, now, versions
 from transfer_cli.report import SCHEMA_VERSION, headline_table, write_report
 from transfer_cli.resume import restore_training
 from transfer_cli.rundir import RunDir
-from transfer_cli.schedules import SCHEDULES
 from transfer_cli.seeding import seed_everything
+from transfer_cli.training import Trainer, phases_summary
 from transfer_cli.transfer import load_exact, load_initial_weights, sha256_of
 
-SMOKE_STEPS = 3
 SMOKE_EVAL_BATCHES = 2
 
 
@@ -73,29 +70,28 @@ class Parts:
 
 # ---- stages ----------------------------------------------------------------------------------
 def pretrain(exp: Experiment, opts: RunOptions, console: Console) -> dict:
+    if exp.transfer != TransferConfig():
+        console.warn("the transfer section is ignored by pretrain (it trains everything from random initialisation)")
+        exp.transfer = TransferConfig()
     parts = build_parts(exp, opts)
     return train_and_report("pretrain", exp, parts, opts, console, lineage={"init": "random", "seed": exp.seed})
 
 
 def finetune(exp: Experiment, opts: RunOptions, console: Console) -> dict:
-    parts = build_parts(exp, opts)
-    if exp.transfer.init_from is None:  # the model loaded its own pretrained weights (config rule)
-        lineage = {"init_from": None, **parts.model.pretrained_lineage()}
-        console.info(f"init: pretrained weights of {lineage['pretrained']}")
-        return train_and_report("finetune", exp, parts, opts, console, lineage)
-    load = load_initial_weights(parts.model, exp.transfer.init_from, head=exp.transfer.head,
-                                strict=exp.transfer.strict)
-    console.info(f"init: {load.summary()}")
-    lineage = {"init_from": exp.transfer.init_from, "weights": load.weights, "sha256": load.sha256,
-               "load_report": load.to_dict()}
-    return train_and_report("finetune", exp, parts, opts, console, lineage)
+    """Start from pretrained weights, apply the strategy, fit; optionally a scratch baseline and
+    several seeds (see finetuning.py)."""
+    from transfer_cli.finetuning import finetune as run_finetune
+
+    return run_finetune(exp, opts, console)
 
 
 def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     parts = build_parts(exp, opts, evaluating=True)
     weights, source_run = load_exact(parts.model, exp.eval.checkpoint)
     split = parts.data.split(exp.eval.split)
-    run = RunDir.check(run_path(exp, opts, "evaluate"), opts.mode if opts.mode != "resume" else "overwrite")
+    path = run_path(exp, opts, "evaluate")
+    run = RunDir.check(path, opts.mode if opts.mode != "resume" else "overwrite")
+    exp.run_dir = str(path.absolute())
     predictions = check_predictions_target(opts.predictions, opts.overwrite) if opts.predictions else None
     lineage = {"checkpoint": exp.eval.checkpoint, "weights": str(weights), "sha256": sha256_of(weights),
                "source_run": str(source_run) if source_run else None}
@@ -119,16 +115,16 @@ def validate_only(exp: Experiment, stage: str, opts: RunOptions, console: Consol
     """Build every part (data, model, loss, metrics, optimizer, weights) and train nothing."""
     parts = build_parts(exp, opts, evaluating=stage == "evaluate")
     if stage == "finetune" and exp.transfer.init_from:
-        console.info(f"init: {load_initial_weights(parts.model, exp.transfer.init_from, exp.transfer.head, exp.transfer.strict).summary()}")
+        load = load_initial_weights(parts.model, exp.transfer.init_from, head=exp.transfer.head,
+                                    strict=exp.transfer.strict, keys=exp.transfer.keys)
+        console.info(f"init: {load.summary()}")
     if stage == "evaluate":
         load_exact(parts.model, exp.eval.checkpoint)
     path = run_path(exp, opts, stage)
+    steps = 0
     if stage != "evaluate":
-        engine = build_engine(exp, parts, callbacks=())
         RunDir.check(path, opts.mode)
-        steps = engine.total_steps(parts.data.split("train"))
-    else:
-        steps = 0
+        steps = Trainer(exp, parts, None, console).total
     summary = {"stage": stage, "run_dir": str(path), "data": data_info(exp, parts.data),
                "model": model_info(exp, parts.model), "steps": steps, "device": str(parts.device),
                "monitor": parts.monitor}
@@ -201,26 +197,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_engine(exp: Experiment, parts: Parts, callbacks: tuple, smoke: bool = False) -> Engine:
-    train = exp.train
-    groups = param_groups(parts.model, exp.optim.lr, exp.optim.weight_decay)
-    optimizer = OPTIMIZERS.build(exp.optim.name, exp.optim.params, groups=groups, lr=exp.optim.lr)
-    cfg = EngineConfig(
-        epochs=1 if smoke else train.epochs, batch_size=exp.data.batch_size,
-        max_steps=min(train.max_steps or SMOKE_STEPS, SMOKE_STEPS) if smoke else train.max_steps,
-        grad_accum=train.grad_accum, clip_grad_norm=train.clip_grad_norm, precision=train.precision,
-        eval_every_steps=None if smoke else train.eval_every_steps, log_every_steps=train.log_every_steps,
-        monitor=parts.monitor, monitor_higher_is_better=parts.monitor_higher_is_better,
-        monitor_min_delta=train.early_stopping.min_delta, seed=exp.seed,
-    )
-    engine = Engine(parts.model, optimizer, lambda step: 1.0, parts.loss, parts.evaluator, parts.device, cfg,
-                    callbacks)
-    total = engine.total_steps(parts.data.split("train"))
-    engine.schedule = SCHEDULES.build(exp.schedule.name, exp.schedule.params,
-                                      warmup_steps=exp.schedule.warmup_steps, total_steps=total)
-    return engine
-
-
 # ---- running ---------------------------------------------------------------------------------
 def run_path(exp: Experiment, opts: RunOptions, stage: str) -> Path:
     """--run-dir, else the config's run_dir, else runs/<config folder>/<config name>."""
@@ -242,35 +218,32 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
     path = run_path(exp, opts, stage)
     run = RunDir.check(path, opts.mode, needed_bytes=3 * model_bytes(parts.model))
     train, val = parts.data.split("train"), parts.data.splits.get("val")
-    checkpointer = Checkpointer(run, exp.train.keep_last, parts.monitor)
-    callbacks: list = [MetricsLog(run), checkpointer]
-    if exp.train.early_stopping.patience:
-        callbacks.append(EarlyStopping(exp.train.early_stopping.patience, parts.monitor))
-    engine = build_engine(exp, parts, (), smoke=opts.smoke)
-    total = engine.total_steps(train)
-    progress = ConsoleProgress(console, total, None if exp.train.max_steps else engine.cfg.epochs, parts.monitor,
-                               stage)
-    engine.callbacks = callbacks + [progress]
+    trainer = Trainer(exp, parts, run, console, smoke=opts.smoke, label=stage)
     exp.run_dir = str(path.absolute())
     state = TrainState()
     if opts.resume and (run.path / "config.yaml").is_file():
-        state = restore_training(run, exp, engine, console)
+        state = restore_training(run, exp, trainer.engine, console)
         if state is None:
             return _report_of_completed(run, console)
     started = start_run(run, stage, exp, parts, opts, lineage, resumed_at=state.step if opts.resume else None)
-    console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {total} steps on "
+    run.update_run(strategy={"name": exp.transfer.strategy, "phases": phases_summary(trainer.plan)})
+    console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {trainer.total} steps on "
                  f"{parts.device}; run dir {path}")
     tic = time.perf_counter()
     try:
-        engine.fit(train, val, state)
+        trainer.fit(train, val, state)
     except BaseException as exc:
         _record_stop(run, state, exc)
         raise
     finally:
-        progress.close()
+        trainer.close()
     train_seconds = time.perf_counter() - tic
     if state.stop_reason:
         console.info(state.stop_reason)
+    if trainer.lora:
+        from transfer_cli.models.lora import merge_lora
+
+        merge_lora(parts.model)
     checkpoint = _load_best(run, parts.model)
     tic = time.perf_counter()
     reported = (["val"] if val is not None else []) + ([exp.eval.split] if exp.eval.split != "val" else [])
@@ -278,6 +251,8 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
     steps_run = state.step - (started.get("resumed_at") or 0)
     timings = {"train_seconds": round(train_seconds, 3), "eval_seconds": round(time.perf_counter() - tic, 3),
                "steps": state.step, "steps_per_second": round(steps_run / train_seconds, 2) if train_seconds else None}
+    if trainer.cache_seconds:
+        timings["feature_cache_seconds"] = round(trainer.cache_seconds, 3)
     report = make_report(stage, exp, parts, results, lineage, timings, opts, checkpoint, state.stop_reason)
     finish_run(run, report, started, console)
     console.show(headline_table(report))
@@ -316,16 +291,18 @@ def _report_of_completed(run: RunDir, console: Console) -> dict:
     return report
 
 
-def start_run(run: RunDir, stage: str, exp: Experiment, parts: Parts, opts: RunOptions, lineage: dict,
+def start_run(run: RunDir, stage: str, exp: Experiment, parts: Optional[Parts], opts: RunOptions, lineage: dict,
               resumed_at: Optional[int] = None) -> dict:
     """Create the run dir with config.yaml and run.json (status running)."""
     previous = run.read_run() if resumed_at is not None else {}
     info = {
         "stage": stage, "status": "running", "command": " ".join(command_line()), "cwd": str(Path.cwd()),
         "started_at": previous.get("started_at", now()), "ended_at": None, "versions": versions(),
-        "device": device_name(parts.device), "seed": exp.seed, "git_commit": git_commit(), "smoke": opts.smoke,
-        "lineage": lineage, "data": data_info(exp, parts.data), "model": model_info(exp, parts.model),
+        "seed": exp.seed, "git_commit": git_commit(), "smoke": opts.smoke, "lineage": lineage,
     }
+    if parts is not None:
+        info.update(device=device_name(parts.device), data=data_info(exp, parts.data),
+                    model=model_info(exp, parts.model))
     if resumed_at is not None:
         info["resumed"] = previous.get("resumed", []) + [{"at": now(), "step": resumed_at}]
         info["resumed_at"] = resumed_at
@@ -339,16 +316,23 @@ def finish_run(run: RunDir, report: dict, started: dict, console: Optional[Conso
     run.update_run(status="completed", ended_at=now())
 
 
+def make_report_header(stage: str, exp: Experiment, opts: RunOptions) -> dict:
+    """The keys every report.json starts with (schema in README: "report.json")."""
+    return {"schema_version": SCHEMA_VERSION, "stage": stage, "name": exp.name, "run_dir": exp.run_dir,
+            "smoke": opts.smoke, "eval_split": exp.eval.split}
+
+
 def make_report(stage: str, exp: Experiment, parts: Parts, results: dict[str, SplitResult], lineage: dict,
                 timings: dict, opts: RunOptions, checkpoint: Optional[dict], stop_reason: Optional[str] = None) -> dict:
-    """The report.json content (schema in README: "report.json"); plots are added when written."""
+    """The report.json content; plots are added when written, the gain by a baseline."""
     names = ["loss"] + list(exp.eval.metrics or [])
     return {
-        "schema_version": SCHEMA_VERSION, "stage": stage, "name": exp.name, "smoke": opts.smoke,
-        "task": parts.data.task, "eval_split": exp.eval.split, "metric_names": list(exp.eval.metrics or []),
+        **make_report_header(stage, exp, opts), "task": parts.data.task,
+        "metric_names": list(exp.eval.metrics or []),
         "metrics": {split: {n: r.metrics[n] for n in names if n in r.metrics} for split, r in results.items()},
         "splits": {split: {"size": r.size, **(r.breakdown or {})} for split, r in results.items()},
         "monitor": parts.monitor, "monitor_mode": "max" if parts.monitor_higher_is_better else "min",
+        "headline": {"metric": parts.monitor.split("/", 1)[1], "higher_is_better": parts.monitor_higher_is_better},
         "checkpoint": checkpoint, "stop_reason": stop_reason,
         "data": data_info(exp, parts.data), "lineage": lineage, "timings": timings,
         "transfer_gain": None, "predictions": None, "plots": {},

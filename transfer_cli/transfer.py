@@ -1,5 +1,5 @@
-"""Starting a model from pretrained weights: resolve, read safely, match keys, swap the head,
-and report exactly what was loaded."""
+"""Starting a model from pretrained weights: resolve, read safely, map and match keys, swap the
+head, and report exactly what was loaded."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Optional
 import torch
 
 from transfer_cli.checkpoint import read_weights, resolve_weights, sha256_of
+from transfer_cli.config.schema import KeyMap
 from transfer_cli.errors import CheckpointError
+from transfer_cli.keymap import key_filter, map_keys, suggest_key_map
 from transfer_cli.models.base import TransferModel
 
 HEAD_PREFIX = "head."
@@ -29,6 +31,9 @@ class LoadReport:
     mismatched: list[str] = field(default_factory=list)
     head_replaced: bool = False
     head_reason: str = ""
+    key_map: dict = field(default_factory=dict)  # transfer.keys as applied
+    key_rules: list[dict] = field(default_factory=list)  # what each rule changed or dropped
+    dropped: list[str] = field(default_factory=list)  # left out by include/exclude: not an error
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,6 +41,11 @@ class LoadReport:
     def summary(self) -> str:
         head = f"new head ({self.head_reason})" if self.head_replaced else "head loaded"
         parts = [f"loaded {len(self.loaded)} tensors from {self.weights}", head]
+        renamed = [f"{r['rule']} {r['pattern']!r} x{r['changed']}" for r in self.key_rules if r.get("changed")]
+        if renamed:
+            parts.append("keys mapped: " + ", ".join(renamed))
+        if self.dropped:
+            parts.append(f"{len(self.dropped)} left out by include/exclude: {_short(self.dropped)}")
         for name in ("missing", "unexpected", "mismatched"):
             keys = getattr(self, name)
             if keys:
@@ -47,28 +57,27 @@ def _short(keys: list[str], limit: int = 4) -> str:
     return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_initial_weights(model: TransferModel, ref: str, head: str = "auto", strict: bool = True) -> LoadReport:
+def load_initial_weights(model: TransferModel, ref: str, head: str = "auto", strict: bool = True,
+                         keys: Optional[KeyMap] = None) -> LoadReport:
     """Load `ref` (run dir, run dir@last/@best, or weights file) into `model`.
 
     head: auto (new head when the output count differs), reset (always new), keep (must match).
     strict: any mismatch not explained by the head is an error.
+    keys: how the file's keys map onto the model's (transfer.keys); model keys that include/exclude
+    leave out keep their fresh initialisation and are not reported missing.
     """
+    keys = keys or KeyMap()
     path, run_dir = resolve_weights(ref)
-    state = read_weights(path)
-    report = LoadReport(source=ref, weights=str(path), sha256=sha256_of(path))
+    original = read_weights(path)
+    mapped = map_keys(original, keys, source=str(path))
+    state = mapped.state
+    report = LoadReport(source=ref, weights=str(path), sha256=sha256_of(path), key_map=keys.model_dump(),
+                        key_rules=mapped.rules, dropped=sorted(mapped.dropped))
+    wanted = key_filter(keys)
     target = model.state_dict()
     head_keys = [k for k in target if k.startswith(HEAD_PREFIX)]
-    head_fits = all(k in state and state[k].shape == target[k].shape for k in head_keys)
-    if head == "reset":
-        report.head_replaced, report.head_reason = True, "head: reset"
-    elif head == "auto" and not head_fits:
-        report.head_replaced = True
-        old = state.get(HEAD_PREFIX + "weight")
-        report.head_reason = (f"{old.shape[0]} -> {model.num_outputs} outputs" if old is not None
-                              else "no head in the weights")
-    elif head == "keep" and not head_fits:
-        raise CheckpointError(f"transfer.head: keep, but the head in {path} does not fit the model "
-                              f"({model.num_outputs} outputs); use head: auto or reset")
+    report.head_replaced, report.head_reason = _head_decision(head, state, target, model.num_outputs, path,
+                                                              head_left_out=not all(map(wanted, head_keys)))
     to_load = {}
     for key, tensor in state.items():
         if report.head_replaced and key.startswith(HEAD_PREFIX):
@@ -79,19 +88,41 @@ def load_initial_weights(model: TransferModel, ref: str, head: str = "auto", str
             report.mismatched.append(f"{key} {tuple(tensor.shape)} vs {tuple(target[key].shape)}")
         else:
             to_load[key] = tensor
-    report.missing = [k for k in target if k not in to_load and not (report.head_replaced and k in head_keys)]
+    report.missing = [k for k in target if k not in to_load and wanted(k)
+                      and not (report.head_replaced and k in head_keys)]
     report.loaded = sorted(to_load)
     problems = report.missing + report.unexpected + report.mismatched
+    hint = suggest_key_map(state, target) if report.missing or report.unexpected else ""
     if strict and problems:
         raise CheckpointError(
-            f"the weights in {path} do not fit the model: {report.summary()}. Check model.name/params against the "
-            f"run that made them, or set transfer.strict: false to load what fits")
+            f"the weights in {path} do not fit the model: {report.summary()}{hint}. Check model.name/params "
+            f"against the run that made them, map the keys with transfer.keys, or set transfer.strict: false "
+            f"to load what fits")
     if not to_load:
-        raise CheckpointError(f"no tensor in {path} matches the model (e.g. {_short(sorted(state), 3)}); "
-                              f"wrong architecture?")
+        why = (f"e.g. {_short(sorted(state), 3)}" if state
+               else f"transfer.keys include/exclude left out all {len(original)} keys")
+        raise CheckpointError(f"no tensor in {path} matches the model ({why}){hint}; wrong architecture, "
+                              f"or keys to map with transfer.keys?")
     # a replaced head keeps the fresh initialisation the model was built with
     model.load_state_dict(to_load, strict=False)
     return report
+
+
+def _head_decision(head: str, state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], num_outputs: int,
+                   path: Path, head_left_out: bool) -> tuple[bool, str]:
+    """(replace the head?, why) for transfer.head auto | reset | keep."""
+    head_fits = all(k in state and state[k].shape == v.shape for k, v in target.items() if k.startswith(HEAD_PREFIX))
+    if head == "reset":
+        return True, "head: reset"
+    if head == "keep" and not head_fits:
+        raise CheckpointError(f"transfer.head: keep, but the head in {path} does not fit the model "
+                              f"({num_outputs} outputs); use head: auto or reset")
+    if head_fits:
+        return False, ""
+    old = state.get(HEAD_PREFIX + "weight")
+    if old is not None:
+        return True, f"{old.shape[0]} -> {num_outputs} outputs"
+    return True, "head left out by transfer.keys" if head_left_out else "no head in the weights"
 
 
 def load_exact(model: torch.nn.Module, ref: str) -> tuple[Path, Optional[Path]]:

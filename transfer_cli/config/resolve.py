@@ -30,7 +30,8 @@ def _layer(keypath: tuple[str, ...], value: object, origin: str) -> RawConfig:
 
 
 def read_sources(source: Path, stage: Stage, sets: list[str], init_from: Optional[str] = None,
-                 checkpoint: Optional[str] = None, split: Optional[str] = None) -> RawConfig:
+                 checkpoint: Optional[str] = None, split: Optional[str] = None,
+                 seeds: Optional[list[int]] = None, baseline: Optional[str] = None) -> RawConfig:
     """The raw config for `source` (a YAML file, or for evaluate a run directory)."""
     if source.is_dir():
         if stage != "evaluate":
@@ -45,7 +46,8 @@ def read_sources(source: Path, stage: Stage, sets: list[str], init_from: Optiona
         raw = load_raw(source)
     raw = apply_sets(raw, sets)
     shortcuts = [(("transfer", "init_from"), init_from, "--init-from"),
-                 (("eval", "checkpoint"), checkpoint, "--checkpoint"), (("eval", "split"), split, "--split")]
+                 (("eval", "checkpoint"), checkpoint, "--checkpoint"), (("eval", "split"), split, "--split"),
+                 (("transfer", "seeds"), seeds, "--seeds"), (("transfer", "baseline"), baseline, "--baseline")]
     for keypath, value, flag in shortcuts:
         if value is not None:
             raw = _keep_source(raw, raw.merged(_layer(keypath, value, f"{flag} {value}")))
@@ -158,11 +160,10 @@ def _ref_problems(ref: Optional[str], key: str, flag: str, origin: str) -> list[
     return []
 
 
-def load_experiment(source: Path, stage: Stage, sets: list[str], registries: dict,
-                    init_from: Optional[str] = None, checkpoint: Optional[str] = None,
-                    split: Optional[str] = None) -> Experiment:
-    """Everything the command line says, validated for `stage`; all problems in one ConfigError."""
-    raw = read_sources(source, stage, sets, init_from=init_from, checkpoint=checkpoint, split=split)
+def load_experiment(source: Path, stage: Stage, sets: list[str], registries: dict, **flags: object) -> Experiment:
+    """Everything the command line says, validated for `stage`; all problems in one ConfigError.
+    `flags`: init_from, checkpoint, split, seeds, baseline (the CLI's shortcuts)."""
+    raw = read_sources(source, stage, sets, **flags)
     ref = starting_ref(raw, stage)
     raw = inherit_architecture(raw, absolute_ref(ref) if ref else None)
     if stage == "evaluate":

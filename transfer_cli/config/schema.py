@@ -7,10 +7,11 @@ and free-form `params`; the params are checked against the builder's own params 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 
 class Section(BaseModel):
@@ -89,10 +90,51 @@ class EvalConfig(Section):
     checkpoint: Ref = Field(None, description="evaluate: run dir (best weights; @last for last) or weights file")
 
 
+class KeyMap(Section):
+    """How the keys of a weights file are mapped onto the model's parameter names."""
+
+    strip_prefix: list[str] = Field(default_factory=list, description="removed from the start of a key (first match)")
+    add_prefix: str = Field("", description="added to every key after stripping")
+    rename: dict[str, str] = Field(default_factory=dict, description="regex -> replacement, applied in order")
+    include: list[str] = Field(default_factory=list, description="glob patterns over mapped keys; empty = all")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns over mapped keys to leave out")
+
+    @field_validator("rename")
+    @classmethod
+    def _compiles(cls, rename: dict[str, str]) -> dict[str, str]:
+        for pattern, replacement in rename.items():
+            try:
+                re.compile(pattern).sub(replacement, "")  # also checks the replacement's group references
+            except re.error as exc:
+                raise ValueError(f"'{pattern}': '{replacement}' is not a valid regex rename ({exc}); "
+                                 f"patterns are Python regular expressions, e.g. '^encoder\\.': 'backbone.'") from None
+        return rename
+
+
+class LoraConfig(Section):
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[str] = Field(default_factory=lambda: ["*"],
+                               description="glob patterns over module names (nn.Linear/Conv1d/Conv2d; never the head)")
+
+
 class TransferConfig(Section):
     init_from: Ref = Field(None, description="finetune: run dir (best weights; @last) or weights file")
     head: Literal["auto", "reset", "keep"] = "auto"
     strict: bool = True
+    keys: KeyMap = Field(default_factory=KeyMap)
+    strategy: Literal["full", "linear_probe", "lp_ft", "gradual", "lora"] = "full"
+    freeze: list[str] = Field(default_factory=list, description="glob patterns over parameter names, always frozen")
+    bn: Literal["train", "eval", "frozen"] = "train"
+    backbone_lr_mult: float = Field(1.0, gt=0)
+    layer_decay: Optional[float] = Field(None, gt=0, le=1)
+    probe_epochs: int = Field(1, ge=1)
+    unfreeze_every: int = Field(1, ge=1)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    cache_features: Union[Literal["auto"], bool] = "auto"
+    baseline: Literal["none", "scratch"] = "none"
+    seeds: Optional[list[int]] = Field(None, min_length=1, description="repeat the finetune over these seeds")
 
 
 class Experiment(Section):

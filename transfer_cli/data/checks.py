@@ -21,8 +21,8 @@ def check_bundle(data: DataBundle, name: str) -> None:
         if len(split) == 0:
             raise DataError(f"{where}: no samples")
         if tuple(split.sample_shape) != shape:
-            raise DataError(f"{where}: samples have shape {tuple(split.sample_shape)}, but the first split's "
-                            f"samples have {shape}")
+            raise DataError(f"{where}: samples have shape {tuple(split.sample_shape)}, but "
+                            f"{next(iter(data.splits))} samples have {shape}")
         if hasattr(split, "x"):  # in memory; decoded-on-the-fly sources check each file as they read it
             _check_finite(split.x, f"{where}: input")
         _check_labels(split, data, where)

@@ -23,6 +23,7 @@ class TransferModel(nn.Module):
         self.feature_dim = feature_dim
         self.head = nn.Linear(feature_dim, num_outputs)
         self._groups = list(groups)
+        self._fixed_modules: list[str] = []
 
     @property
     def num_outputs(self) -> int:
@@ -45,6 +46,19 @@ class TransferModel(nn.Module):
         """Where the weights come from when the architecture loads pretrained weights by itself
         (e.g. `hf_encoder`): path, weights file and sha256. None: randomly initialised."""
         return None
+
+    def fix_modules(self, names: list[str]) -> None:
+        """Keep these submodules in eval mode whenever the model trains (frozen parts keep their
+        running statistics and run dropout-free)."""
+        self._fixed_modules = list(names)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "TransferModel":
+        super().train(mode)
+        if mode:
+            for name in self._fixed_modules:
+                self.get_submodule(name).eval()
+        return self
 
     def reset_head(self, num_outputs: int | None = None) -> None:
         """A freshly initialised head (with `num_outputs` outputs, default: as before)."""

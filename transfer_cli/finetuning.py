@@ -1,0 +1,146 @@
+"""The finetune stage: pretrained weights + strategy, and the honest answer to "did pretraining
+help?": a scratch baseline with the same architecture, data, budget and seed, the transfer gain,
+and repeats over seeds with mean and standard deviation."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from transfer_cli.config.schema import Experiment, TransferConfig
+from transfer_cli.console import Console, format_value
+from transfer_cli.provenance import now
+from transfer_cli.report import headline_table, write_report
+from transfer_cli.rundir import RunDir
+from transfer_cli.stages import (
+    RunOptions, build_parts, make_report_header, run_path, start_run, train_and_report,
+)
+from transfer_cli.transfer import load_initial_weights
+
+
+def finetune(exp: Experiment, opts: RunOptions, console: Console) -> dict:
+    if exp.transfer.seeds:
+        return over_seeds(exp, opts, console)
+    report = finetune_once(exp, opts, console)
+    if exp.transfer.baseline == "scratch":
+        report = with_baseline(exp, opts, console, report)
+    return report
+
+
+def finetune_once(exp: Experiment, opts: RunOptions, console: Console) -> dict:
+    parts = build_parts(exp, opts)
+    tcfg = exp.transfer
+    if tcfg.init_from is None:  # the model loaded its own pretrained weights (e.g. hf_encoder)
+        lineage = {"init_from": None, **parts.model.pretrained_lineage()}
+        console.info(f"init: pretrained weights of {lineage['pretrained']}")
+    else:
+        load = load_initial_weights(parts.model, tcfg.init_from, head=tcfg.head, strict=tcfg.strict,
+                                    keys=tcfg.keys)
+        console.info(f"init: {load.summary()}")
+        lineage = {"init_from": tcfg.init_from, "weights": load.weights, "sha256": load.sha256,
+                   "load_report": load.to_dict()}
+    if tcfg.strategy == "lora":
+        from transfer_cli.models.lora import add_lora
+
+        adapted = add_lora(parts.model, tcfg.lora.rank, tcfg.lora.alpha, tcfg.lora.dropout, tcfg.lora.targets)
+        console.info(f"lora: rank {tcfg.lora.rank} adapters on {len(adapted)} modules")
+    return train_and_report("finetune", exp, parts, opts, console, lineage)
+
+
+# ---- scratch baseline --------------------------------------------------------------------------
+def with_baseline(exp: Experiment, opts: RunOptions, console: Console, report: dict) -> dict:
+    """Train the same architecture from random initialisation (same data, budget, seed) into
+    `<run>/baseline`, then add both results and the gain to the finetune report."""
+    run = RunDir(Path(report["run_dir"]))
+    base_exp = exp.model_copy(deep=True)
+    base_exp.transfer = TransferConfig()
+    base_dir = run.path / "baseline"
+    base_opts = replace(opts, run_dir=str(base_dir), config_path=None, overwrite=False,
+                        resume=opts.resume and base_dir.exists())
+    console.info(f"baseline: the same model from scratch -> {base_dir}")
+    parts = build_parts(base_exp, base_opts)
+    base = train_and_report("baseline", base_exp, parts, base_opts, console,
+                            lineage={"init": "random", "seed": exp.seed, "baseline_of": str(run.path)})
+    report = add_gain(report, base)
+    write_report(run, report, console)
+    console.info(gain_line(report))
+    return report
+
+
+def add_gain(report: dict, base: dict) -> dict:
+    """report + {"baseline": ..., "transfer_gain": {metric: finetuned - scratch}} on the eval split."""
+    split = report["eval_split"]
+    ours, theirs = report["metrics"][split], base["metrics"][split]
+    gain = {name: ours[name] - theirs[name] for name in ours if name in theirs}
+    headline, higher = report["headline"]["metric"], report["headline"]["higher_is_better"]
+    signed = gain[headline] if higher else -gain[headline]
+    return {**report, "baseline": {"run_dir": base["run_dir"], "metrics": base["metrics"]},
+            "transfer_gain": gain, "negative_transfer": signed < 0}
+
+
+def gain_line(report: dict) -> str:
+    split, headline = report["eval_split"], report["headline"]["metric"]
+    ours = report["metrics"][split][headline]
+    theirs = report["baseline"]["metrics"][split][headline]
+    gain = report["transfer_gain"][headline]
+    verdict = ("NEGATIVE TRANSFER: the scratch baseline is better" if report["negative_transfer"]
+               else "pretraining helped")
+    return (f"transfer gain on {split}: {headline} {gain:+.4f} (finetuned {format_value(ours)} vs scratch "
+            f"{format_value(theirs)}): {verdict}")
+
+
+# ---- seeds -------------------------------------------------------------------------------------
+def over_seeds(exp: Experiment, opts: RunOptions, console: Console) -> dict:
+    """Repeat the finetune (and baseline) per seed into `<run>/seed-N/`; report mean and std."""
+    path = run_path(exp, opts, "finetune")
+    run = RunDir.check(path, opts.mode)
+    seeds = list(exp.transfer.seeds)
+    exp.run_dir = str(path.absolute())
+    header = make_report_header("finetune", exp, opts)
+    start_run(run, "finetune", exp, None, opts, lineage={"init_from": exp.transfer.init_from},
+              resumed_at=0 if opts.resume else None)
+    reports = []
+    for seed in seeds:
+        child = exp.model_copy(deep=True)
+        child.seed = seed
+        child.transfer.seeds = None
+        child_dir = path / f"seed-{seed}"
+        console.info(f"seed {seed} -> {child_dir}")
+        child_opts = replace(opts, run_dir=str(child_dir), config_path=None, overwrite=False,
+                             resume=opts.resume and child_dir.exists())
+        reports.append(finetune(child, child_opts, console))
+    report = {**header, **aggregate(reports, seeds)}
+    write_report(run, report, console)
+    run.update_run(status="completed", ended_at=now(), seeds=seeds)
+    console.info(f"finetune over seeds {seeds}: mean of {len(seeds)} runs")
+    console.show(headline_table(report))
+    if "transfer_gain" in report:
+        console.info("transfer gain (mean ± std over seeds): " + ", ".join(
+            f"{k} {v:+.4f} ± {report['transfer_gain_std'][k]:.4f}" for k, v in report["transfer_gain"].items()))
+    return report
+
+
+def aggregate(reports: list[dict], seeds: list[int]) -> dict:
+    """Mean and sample standard deviation of every metric (and gain) over the per-seed reports."""
+    def mean_std(values: list[float]) -> tuple[float, float]:
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    out: dict[str, Any] = {"seeds": seeds, "per_seed": [
+        {"seed": s, "run_dir": r["run_dir"], "metrics": r["metrics"], "transfer_gain": r.get("transfer_gain")}
+        for s, r in zip(seeds, reports)]}
+    first = reports[0]
+    out["metrics"], out["metrics_std"] = {}, {}
+    for split, values in first["metrics"].items():
+        pairs = {m: mean_std([r["metrics"][split][m] for r in reports]) for m in values}
+        out["metrics"][split] = {m: p[0] for m, p in pairs.items()}
+        out["metrics_std"][split] = {m: p[1] for m, p in pairs.items()}
+    if all(r.get("transfer_gain") for r in reports):
+        pairs = {m: mean_std([r["transfer_gain"][m] for r in reports]) for m in first["transfer_gain"]}
+        out["transfer_gain"] = {m: p[0] for m, p in pairs.items()}
+        out["transfer_gain_std"] = {m: p[1] for m, p in pairs.items()}
+        out["negative_transfer_seeds"] = [s for s, r in zip(seeds, reports) if r["negative_transfer"]]
+    for key in ("eval_split", "headline", "data", "task", "metric_names", "monitor", "monitor_mode"):
+        out[key] = first.get(key)
+    return out

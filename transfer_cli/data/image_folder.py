@@ -103,7 +103,8 @@ def image_folder(params: ImageFolderParams, *, seed: int) -> DataBundle:
 
     def make_splits(transform: ImageTransform) -> dict[str, DatasetSplit]:
         reader = FileReader(files, transform)
-        return carve_splits({s: DatasetSplit(reader, ids, y, shape, workers) for s, (ids, y) in given.items()},
+        augmented = params.random_crop or params.flip
+        return carve_splits({s: DatasetSplit(reader, ids, y, shape, workers, augmented) for s, (ids, y) in given.items()},
                             params, given[params.reference()][1], params.key_of(params.reference()))
 
     splits = make_splits(transform)

@@ -64,10 +64,11 @@ class DatasetSplit:
     """`ids[k]` is the reader's sample id of the split's k-th sample; `y[k]` its target."""
 
     def __init__(self, reader: Reader, ids: torch.Tensor, y: torch.Tensor, sample_shape: tuple[int, ...],
-                 workers: int) -> None:
+                 workers: int, augmented: bool = False) -> None:
         if len(ids) != len(y):
             raise DataError(f"{len(ids)} samples but {len(y)} targets")
         self.reader, self.ids, self.y, self.workers = reader, ids, y, workers
+        self.augmented = augmented  # training batches differ every epoch: features cannot be cached
         self._shape = tuple(sample_shape)
         self._loaders: dict[tuple[int, bool], tuple[DataLoader, _Plan]] = {}
 
@@ -79,7 +80,7 @@ class DatasetSplit:
         return self._shape
 
     def subset(self, index: torch.Tensor) -> "DatasetSplit":
-        return DatasetSplit(self.reader, self.ids[index], self.y[index], self._shape, self.workers)
+        return DatasetSplit(self.reader, self.ids[index], self.y[index], self._shape, self.workers, self.augmented)
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)

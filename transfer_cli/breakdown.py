@@ -101,6 +101,8 @@ class Breakdown:
         result: dict[str, Any] = {"class_names": self.names, "per_class": per_class_table(tp, fp, fn, self.names),
                                   "confusion_matrix": confusion, "threshold": self.threshold}
         if self.calibration is not None:
+            with self.calibration.sync_context():  # under torchrun: the bins of every rank, not this one's
+                bins = self.calibration.bins()
             result["calibration"] = {"mode": self.calibration.mode, "ece": float(self.calibration.compute()),
-                                     "bins": self.calibration.bins()}
+                                     "bins": bins}
         return result

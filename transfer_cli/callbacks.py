@@ -6,6 +6,7 @@ import time
 from typing import Any, Callable, Optional
 
 from transfer_cli import checkpoint as ckpt
+from transfer_cli import distributed
 from transfer_cli.console import Console, format_value
 from transfer_cli.engine import BaseCallback, Engine, TrainState
 from transfer_cli.rundir import RunDir
@@ -41,22 +42,29 @@ class Checkpointer(BaseCallback):
         self.saved_step: Optional[int] = None
 
     def save(self, engine: Engine, state: TrainState, improved: bool, value: Any = None) -> None:
+        # every rank takes part (its RNG state and running loss are gathered; FSDP gathers the
+        # weights and optimizer state); rank 0 writes
+        ranks = distributed.gathered({"rng": rng_state(), **engine.local_state()})
+        weights, engine_state, model_state = self.weights(), engine.training_state(), self.resume_state()
+        self.saved_step = state.step
+        if not self.run.writable:
+            return
         train_state = {
-            "engine": engine.training_state(), "train_state": state.to_dict(), "rng": rng_state(),
+            "engine": engine_state, "train_state": state.to_dict(), "rng": ranks[0]["rng"],
             "metrics_size": self.run.metrics_size(),
         }
-        model_state = self.resume_state()
+        if len(ranks) > 1:
+            train_state["ranks"] = ranks
         if model_state is not None:
             train_state["model"] = model_state
         meta = {"step": state.step, "epoch": state.epoch, "monitor": self.monitor, "value": value,
                 "best_step": state.best_step, "time": time.time()}
-        path = ckpt.save_checkpoint(self.run.checkpoints, state.step, self.weights(), train_state, meta)
+        path = ckpt.save_checkpoint(self.run.checkpoints, state.step, weights, train_state, meta)
         ckpt.point(self.run.checkpoints, "last", path)
         # without a monitored value (no validation split) the best weights are the latest ones
         if improved or state.best is None:
             ckpt.point(self.run.checkpoints, "best", path)
         ckpt.prune(self.run.checkpoints, self.keep_last)
-        self.saved_step = state.step
 
     def on_eval_end(self, engine: Engine, state: TrainState, record: dict, improved: bool) -> None:
         self.save(engine, state, improved, record.get(self.monitor))
@@ -74,18 +82,22 @@ class PhaseController(BaseCallback):
         self.plan, self.model, self.bn, self.console = plan, model, bn, console
         self.current: Any = None
 
-    def _sync(self, step: int) -> None:
+    def _sync(self, step: int) -> bool:
+        """Apply the phase of `step`; True when it changed."""
         phase = phase_at(self.plan, step)
-        if phase is not self.current:
-            apply_phase(self.model, phase, self.bn)
-            self.current = phase
-            self.console.info(describe(phase, self.model))
+        if phase is self.current:
+            return False
+        apply_phase(self.model, phase, self.bn)
+        self.current = phase
+        self.console.info(describe(phase, self.model))
+        return True
 
     def on_fit_start(self, engine: Engine, state: TrainState) -> None:
-        self._sync(state.step)
+        self._sync(state.step)  # the engine builds its step module right after this
 
     def on_step_end(self, engine: Engine, state: TrainState) -> None:
-        self._sync(state.step)
+        if self._sync(state.step):
+            engine.rebuild_step_module()
 
     def on_eval_end(self, engine: Engine, state: TrainState, record: dict, improved: bool) -> None:
         if len(self.plan) > 1:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, List, Optional
 import typer
 
 from transfer_cli import __version__
-from transfer_cli.errors import Interrupted, Terminated, TransferError
+from transfer_cli.errors import Interrupted, RaisedOnMain, Terminated, TransferError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -34,6 +34,9 @@ JsonOpt = typer.Option(False, "--json", help="Print the final report as JSON on 
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Only warnings and errors.")
 DebugOpt = typer.Option(False, "--debug", help="Show tracebacks.")
 SmokeOpt = typer.Option(False, "--smoke", help="A few steps on a few batches, to check the plumbing fast.")
+NprocOpt = typer.Option(None, "--nproc", min=1, metavar="N",
+                        help="Train in N processes on this machine (DDP via torch's launcher, as "
+                             "`torchrun --standalone --nproc_per_node N` would).")
 
 
 def _version(value: bool) -> None:
@@ -52,14 +55,18 @@ def _execute(action: Callable[[Any], Any], json_mode: bool, quiet: bool, debug: 
     """Run `action(console)`, print its JSON on request, and turn errors into exit codes."""
     from transfer_cli.console import Console
 
+    from transfer_cli.distributed import shutdown, world
+
     console = Console(quiet=quiet, json_mode=json_mode)
+    rank = f"[rank {world().rank}] " if not world().is_main else ""  # under torchrun, where an error came from
     try:
         with _signals_handled():
             result = action(console)
     except TransferError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        if not isinstance(exc, RaisedOnMain):  # that one rank 0 has printed
+            print(f"{rank}error: {exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
@@ -68,16 +75,18 @@ def _execute(action: Callable[[Any], Any], json_mode: bool, quiet: bool, debug: 
         if debug:
             traceback.print_exc()
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"{rank}error: {exc.strerror or exc}{where}", file=sys.stderr)
         raise typer.Exit(1) from None
     except Exception as exc:  # noqa: BLE001  a bug or an environment fault: say so, exit 1
         if debug:
             traceback.print_exc()
         else:
-            print(f"error: {type(exc).__name__}: {exc} (internal error; rerun with --debug for the traceback)",
+            print(f"{rank}error: {type(exc).__name__}: {exc} (internal error; rerun with --debug for the traceback)",
                   file=sys.stderr)
         raise typer.Exit(1) from None
-    if json_mode:
+    finally:
+        shutdown()
+    if json_mode and world().is_main:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
 
 
@@ -127,10 +136,12 @@ def pretrain(
     config: Path = typer.Argument(..., help="Experiment config (YAML)."),
     run_dir: Optional[str] = RunDirOpt, sets: Optional[List[str]] = SetOpt, overwrite: bool = OverwriteOpt,
     resume: bool = ResumeOpt, smoke: bool = SmokeOpt, json_out: bool = JsonOpt, quiet: bool = QuietOpt,
-    debug: bool = DebugOpt,
+    debug: bool = DebugOpt, nproc: Optional[int] = NprocOpt,
 ) -> None:
     """Train a model from random initialisation on a source task."""
     options = dict(run_dir=run_dir, overwrite=overwrite, resume=resume, smoke=smoke)
+    if nproc and nproc > 1:
+        _relaunch(nproc, ["pretrain", str(config)], sets, dict(options, json=json_out, quiet=quiet, debug=debug))
     _execute(_stage("pretrain", config, sets, options), json_out, quiet, debug)
 
 
@@ -146,12 +157,35 @@ def finetune(
                                            help="Also train the same model from scratch and report the transfer gain."),
     run_dir: Optional[str] = RunDirOpt, sets: Optional[List[str]] = SetOpt, overwrite: bool = OverwriteOpt,
     resume: bool = ResumeOpt, smoke: bool = SmokeOpt, json_out: bool = JsonOpt, quiet: bool = QuietOpt,
-    debug: bool = DebugOpt,
+    debug: bool = DebugOpt, nproc: Optional[int] = NprocOpt,
 ) -> None:
     """Adapt pretrained weights to a target task."""
     options = dict(run_dir=run_dir, overwrite=overwrite, resume=resume, smoke=smoke)
+    if nproc and nproc > 1:
+        _relaunch(nproc, ["finetune", str(config)], sets, dict(options, json=json_out, quiet=quiet, debug=debug,
+                                                                init_from=init_from, seeds=seeds, baseline=baseline))
     flags = dict(init_from=init_from, seeds=_seed_list(seeds), baseline=baseline)
     _execute(_stage("finetune", config, sets, options, **flags), json_out, quiet, debug)
+
+
+def _relaunch(nproc: int, head: list[str], sets: Optional[List[str]], options: dict) -> None:
+    """Run this command again in `nproc` processes (without --nproc) and exit with their code."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print("error: --nproc starts the processes; under torchrun they exist already: drop --nproc",
+              file=sys.stderr)
+        raise typer.Exit(2)
+    from transfer_cli.launch import launch
+
+    args = list(head) + [arg for value in sets or [] for arg in ("--set", value)]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value not in (None, False):
+            args += [flag, str(value)]
+    raise typer.Exit(launch(nproc, args))
 
 
 def _seed_list(text: Optional[str]) -> Optional[list[int]]:

@@ -55,3 +55,12 @@ class Interrupted(TransferError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM outside the training loop: the command stops like on Ctrl-C, with exit code 143.
     A KeyboardInterrupt (not an Exception) so that no `except Exception` swallows it."""
+
+
+class RaisedOnMain(TransferError):
+    """Under torchrun: rank 0 failed in work only it does (reading or writing the run
+    directory); the other ranks stop with the same exit code, and only rank 0 prints the message."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

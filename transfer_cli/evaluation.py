@@ -13,6 +13,7 @@ import torch
 import torchmetrics
 from torch import nn
 
+from transfer_cli import distributed
 from transfer_cli.breakdown import Breakdown
 from transfer_cli.data.bundle import TensorSplit
 
@@ -64,14 +65,16 @@ class Evaluator:
     @torch.inference_mode()
     def run(self, split: TensorSplit, detailed: bool = False, keep_predictions: bool = False) -> SplitResult:
         """Evaluate `split`; `detailed` adds the breakdown, `keep_predictions` the predictions.
-        The model's train/eval mode is restored afterwards."""
+        The model's train/eval mode is restored afterwards. Under torchrun each rank evaluates its
+        part of the split and the sums are combined (torchmetrics syncs its states in compute()),
+        so every rank gets the result of evaluating the whole split once."""
         was_training = self.model.training
         self.model.eval()
         breakdown = self.breakdown if detailed else None
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         count = 0
         kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for i, (x, y) in enumerate(split.batches(self.batch_size, self.device)):
+        for i, (x, y) in enumerate(split.batches(self.batch_size, self.device, shard=distributed.world().shard)):
             if self.batch_limit is not None and i >= self.batch_limit:
                 break
             with autocast(self.device, self.precision):
@@ -84,7 +87,10 @@ class Evaluator:
                 breakdown.update(preds, target)
             if keep_predictions:
                 kept.append((preds.cpu(), target.cpu()))
-        result = SplitResult({"loss": (loss_sum / max(count, 1)).item()}, size=count)
+        totals = distributed.all_sum(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64,
+                                                                           device=self.device)]))
+        count = int(totals[1].item())
+        result = SplitResult({"loss": (totals[0] / max(count, 1)).item()}, size=count)
         result.metrics.update({name: float(value) for name, value in self.metrics.compute().items()})
         self.metrics.reset()
         if breakdown is not None:

@@ -9,13 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from transfer_cli import distributed
 from transfer_cli.config.schema import Experiment, TransferConfig
 from transfer_cli.console import Console, format_value
 from transfer_cli.provenance import now
 from transfer_cli.report import headline_table, write_report
 from transfer_cli.rundir import RunDir
 from transfer_cli.stages import (
-    RunOptions, build_parts, make_report_header, run_path, start_run, train_and_report,
+    RunOptions, build_parts, check_run_dir, make_report_header, run_path, start_run, train_and_report,
 )
 from transfer_cli.transfer import load_initial_weights
 
@@ -95,12 +96,13 @@ def gain_line(report: dict) -> str:
 def over_seeds(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     """Repeat the finetune (and baseline) per seed into `<run>/seed-N/`; report mean and std."""
     path = run_path(exp, opts, "finetune")
-    run = RunDir.check(path, opts.mode)
+    run = check_run_dir(path, opts.mode)
     seeds = list(exp.transfer.seeds)
     exp.run_dir = str(path.absolute())
     header = make_report_header("finetune", exp, opts)
-    start_run(run, "finetune", exp, None, opts, lineage={"init_from": exp.transfer.init_from},
-              resumed_at=0 if opts.resume else None)
+    distributed.on_main(lambda: start_run(run, "finetune", exp, None, opts,
+                                          lineage={"init_from": exp.transfer.init_from},
+                                          resumed_at=0 if opts.resume else None))
     reports = []
     for seed in seeds:
         child = exp.model_copy(deep=True)

@@ -29,6 +29,8 @@ def write_report(run: RunDir, report: dict[str, Any], console: Optional[Console]
     report.json and report.md, which link the pictures that exist."""
     from transfer_cli.report_md import render_markdown
 
+    if not run.writable:  # under torchrun, ranks other than 0
+        return
     report["plots"] = draw_plots(run, report, console)
     run.write_text("report.json", json.dumps(report, indent=2, default=str) + "\n")
     run.write_text("report.md", render_markdown(report))

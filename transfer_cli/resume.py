@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from transfer_cli import checkpoint as ckpt
+from transfer_cli import distributed
 from transfer_cli.config.schema import Experiment
 from transfer_cli.console import Console
 from transfer_cli.engine import Engine, TrainState
@@ -22,8 +23,36 @@ def restore_training(run: RunDir, exp: Experiment, engine: Engine, console: Cons
     Returns None when the run already completed. A checkpoint that fails its integrity check
     or cannot be read is set aside (renamed `unusable-step-*`) with a warning and the previous
     complete one is used; if checkpoints exist but none is usable, it fails: never a silent
-    restart from step 0.
+    restart from step 0. Under torchrun rank 0 does all this and sends what it restored to the
+    other ranks, each of which takes its own RNG state and running loss from it.
     """
+    restored = distributed.on_main(lambda: _restore(run, exp, engine, console))
+    if restored is None or not distributed.world().is_distributed:
+        return None if restored is None else restored[0]
+    train_state, state = restored
+    if state is None:  # no checkpoint yet: every rank starts from step 0
+        return train_state
+    if not distributed.world().is_main:
+        distributed.load_model_state(engine.model, state["weights"])
+        engine.load_training_state(state["engine"])
+    _restore_rank_state(state, engine, console)
+    return train_state
+
+
+def _restore_rank_state(state: dict, engine: Engine, console: Console) -> None:
+    """This rank's RNG state and running loss, saved by the same number of ranks."""
+    ranks = state.get("ranks") or []
+    world = distributed.world()
+    if len(ranks) != world.size:
+        console.warn(f"the checkpoint was written by {len(ranks) or 1} process(es), this run has {world.size}: "
+                     f"training continues, but not bit for bit as the original run would have")
+        return
+    set_rng_state(ranks[world.rank]["rng"])
+    engine.load_local_state(ranks[world.rank])
+
+
+def _restore(run: RunDir, exp: Experiment, engine: Engine, console: Console) -> Optional[tuple[TrainState, Any]]:
+    """On rank 0 (or alone): (train state, the checkpoint state it came from or None), None when completed."""
     check_same_config(run, exp)
     if run.read_run().get("status") == "completed":
         return None
@@ -33,7 +62,7 @@ def restore_training(run: RunDir, exp: Experiment, engine: Engine, console: Cons
             state = ckpt.load_state(path)
             # a run whose exported weights differ from its training state (LoRA) keeps the latter
             weights = state["model"] if "model" in state else ckpt.read_weights(path / ckpt.WEIGHTS)
-            engine.model.load_state_dict(weights)
+            distributed.load_model_state(engine.model, weights)
             engine.load_training_state(state["engine"])
             train_state = TrainState.from_dict(state["train_state"])
         except (CheckpointError, KeyError, RuntimeError, TypeError, ValueError) as exc:
@@ -45,13 +74,13 @@ def restore_training(run: RunDir, exp: Experiment, engine: Engine, console: Cons
         run.truncate_metrics(state["metrics_size"])
         _repair_aliases(run, path, train_state)
         console.info(f"resuming {run.path} from step {train_state.step} ({path.name})")
-        return train_state
+        return train_state, ({**state, "weights": weights} if distributed.world().is_distributed else None)
     if _has_checkpoints(run.checkpoints):
         raise CheckpointError(f"cannot resume {run.path}: no checkpoint in {run.checkpoints} is usable; "
                               f"use --overwrite to start again")
     console.warn(f"{run.path} has no checkpoint yet; starting it again from step 0")
     run.truncate_metrics(0)
-    return TrainState()
+    return TrainState(), None
 
 
 def _has_checkpoints(root: Path) -> bool:

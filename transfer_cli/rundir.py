@@ -4,6 +4,9 @@
 
 An existing directory is never silently reused: `resume` continues it, `overwrite` replaces
 it (only if it is a run directory), anything else is refused without touching it.
+
+Under torchrun only rank 0 writes: on the other ranks a RunDir is not `writable` and its
+writing methods do nothing (checkpoints and reports check `writable` themselves).
 """
 
 from __future__ import annotations
@@ -52,7 +55,10 @@ def write_atomic(path: Path, text: str) -> None:
 
 class RunDir:
     def __init__(self, path: Path) -> None:
+        from transfer_cli.distributed import world
+
         self.path = path
+        self.writable = world().is_main
         self.checkpoints = path / "checkpoints"
         self.metrics_file = path / "metrics.jsonl"
         self.run_file = path / "run.json"
@@ -83,6 +89,8 @@ class RunDir:
         (or, when overwriting, the old run) or a started run with its run.json: never a
         half-made directory. Resuming rewrites the files in place.
         """
+        if not self.writable:
+            return
         if mode == "resume" and self.path.is_dir():
             for name, text in files.items():
                 write_atomic(self.path / name, text)
@@ -134,7 +142,8 @@ class RunDir:
             return {}
 
     def write_run(self, info: dict[str, Any]) -> None:
-        write_atomic(self.run_file, self.run_text(info))
+        if self.writable:
+            write_atomic(self.run_file, self.run_text(info))
 
     def update_run(self, **fields: Any) -> dict[str, Any]:
         info = self.read_run()
@@ -149,6 +158,8 @@ class RunDir:
         return json.dumps(info, indent=2, default=str) + "\n"
 
     def log(self, record: dict[str, Any]) -> None:
+        if not self.writable:
+            return
         with open(self.metrics_file, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -167,12 +178,13 @@ class RunDir:
 
     def truncate_metrics(self, size: int) -> None:
         """Drop records written after a checkpoint, so a resumed run's log matches an unbroken one."""
-        if self.metrics_file.exists():
+        if self.writable and self.metrics_file.exists():
             with open(self.metrics_file, "r+b") as handle:
                 handle.truncate(size)
 
     def write_text(self, name: str, text: str) -> None:
-        write_atomic(self.path / name, text)
+        if self.writable:
+            write_atomic(self.path / name, text)
 
 
 def _check_writable(path: Path, needed_bytes: int) -> None:

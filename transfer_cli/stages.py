@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from transfer_cli import checkpoint as ckpt
+from transfer_cli import distributed
 from transfer_cli.breakdown import Breakdown, class_labels
 from transfer_cli.config.schema import Experiment, TransferConfig
 from transfer_cli.console import Console
@@ -19,7 +20,7 @@ from transfer_cli.data import DATASETS, DataBundle
 from transfer_cli.data.checks import check_batches, check_bundle, check_split
 from transfer_cli.data.fewshot import select_per_class
 from transfer_cli.engine import TrainState
-from transfer_cli.errors import ConfigError, Interrupted, TransferError
+from transfer_cli.errors import ConfigError, Interrupted, TransferError, UsageError
 from transfer_cli.evaluation import Evaluator, SplitResult
 from transfer_cli.losses import LOSSES
 from transfer_cli.metrics import (MetricContext, build_metrics, higher_is_better, metric_inputs, metric_names,
@@ -90,12 +91,12 @@ def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     weights, source_run = load_exact(parts.model, exp.eval.checkpoint)
     split = parts.data.split(exp.eval.split)
     path = run_path(exp, opts, "evaluate")
-    run = RunDir.check(path, opts.mode if opts.mode != "resume" else "overwrite")
+    run = check_run_dir(path, opts.mode if opts.mode != "resume" else "overwrite")
     exp.run_dir = str(path.absolute())
     predictions = check_predictions_target(opts.predictions, opts.overwrite) if opts.predictions else None
     lineage = {"checkpoint": exp.eval.checkpoint, "weights": str(weights), "sha256": sha256_of(weights),
                "source_run": str(source_run) if source_run else None}
-    started = start_run(run, "evaluate", exp, parts, opts, lineage)
+    started = distributed.on_main(lambda: start_run(run, "evaluate", exp, parts, opts, lineage))
     tic = time.perf_counter()
     results = {exp.eval.split: parts.evaluator.run(split, detailed=True, keep_predictions=predictions is not None)}
     timings = {"eval_seconds": round(time.perf_counter() - tic, 3)}
@@ -138,11 +139,16 @@ def build_parts(exp: Experiment, opts: RunOptions, evaluating: bool = False) -> 
     """Data, model, loss and evaluator from a validated experiment (`evaluating`: no training, so
     the data needs no train/val split and the monitor is not checked)."""
     device = resolve_device(exp.train.device)
+    distributed.init(device)
     seed_everything(exp.seed)
     data = build_data(exp)
     model = MODELS.build(exp.model.name, exp.model.params, input_shape=data.input_shape,
                          num_outputs=data.num_outputs).to(device)
     check_batches(data, exp.data.batch_size, model)
+    if distributed.world().is_distributed:
+        check_distributed(exp, data, model, evaluating, opts)
+        # the same initial weights on every rank (seeded above), but each rank its own dropout masks
+        torch.manual_seed(exp.seed + 1_000_003 * distributed.world().rank)
     loss = LOSSES.build(exp.loss.name, exp.loss.params, task=data.task, num_outputs=data.num_outputs,
                         class_counts=data.class_counts()).to(device)
     context = MetricContext(data.task, data.num_outputs, resolve_threshold(data.task, exp.eval.threshold))
@@ -188,6 +194,14 @@ def check_monitor(monitor: str, names: list[str], data: DataBundle) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The configured device; under torchrun `auto`/`cuda` mean the GPU of this process's LOCAL_RANK."""
+    world = distributed.world()
+    if name in ("auto", "cuda") and world.is_distributed and torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    if name.startswith("cuda:") and world.is_distributed:
+        raise ConfigError([f"train.device: '{name}' names one GPU, but torchrun started {world.size} processes; "
+                           f"use auto or cuda (each process takes the GPU of its LOCAL_RANK)"])
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -212,11 +226,43 @@ def run_path(exp: Experiment, opts: RunOptions, stage: str) -> Path:
     return Path("runs") / stage
 
 
+def check_run_dir(path: Path, mode: str, needed_bytes: int = 0) -> RunDir:
+    """RunDir.check, by rank 0 under torchrun (the other ranks stop with its error)."""
+    distributed.on_main(lambda: RunDir.check(path, mode, needed_bytes) and None)  # type: ignore[arg-type]
+    return RunDir(path)
+
+
+def check_distributed(exp: Experiment, data: DataBundle, model: nn.Module, evaluating: bool,
+                      opts: RunOptions) -> None:
+    """What must hold for a run split over torchrun's processes."""
+    size = distributed.world().size
+    problems = []
+    batch = exp.data.batch_size
+    if not evaluating and batch % size:
+        problems.append(f"data.batch_size: {batch} samples per batch cannot be split evenly over {size} processes; "
+                        f"use a multiple of {size}, e.g. {batch + size - batch % size}")
+    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if not evaluating and not problems and has_batchnorm and "train" in data.splits:
+        n = len(data.split("train"))
+        last = (n + (-n) % size) % batch or batch  # the epoch is padded to a multiple of the processes
+        if last == size:
+            problems.append(f"data.batch_size: with {n} training samples the last batch gives each of the {size} "
+                            f"processes one sample, which BatchNorm cannot train on; change data.batch_size")
+    if exp.transfer.cache_features is True:
+        problems.append("transfer.cache_features: true is not available under torchrun; use auto or false")
+    if exp.train.distributed == "fsdp" and exp.transfer.strategy == "lora":
+        problems.append("transfer.strategy: lora is not available with train.distributed: fsdp; use ddp")
+    if problems:
+        raise ConfigError(problems)
+    if opts.predictions is not None:
+        raise UsageError("--predictions is not available under torchrun; evaluate in one process")
+
+
 def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions, console: Console,
                      lineage: dict) -> dict:
     """Fit with checkpoints, evaluate the best weights on val and the eval split, write the report."""
     path = run_path(exp, opts, stage)
-    run = RunDir.check(path, opts.mode, needed_bytes=3 * model_bytes(parts.model))
+    run = check_run_dir(path, opts.mode, needed_bytes=3 * model_bytes(parts.model))
     train, val = parts.data.split("train"), parts.data.splits.get("val")
     trainer = Trainer(exp, parts, run, console, smoke=opts.smoke, label=stage)
     exp.run_dir = str(path.absolute())
@@ -225,7 +271,8 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
         state = restore_training(run, exp, trainer.engine, console)
         if state is None:
             return _report_of_completed(run, console)
-    started = start_run(run, stage, exp, parts, opts, lineage, resumed_at=state.step if opts.resume else None)
+    started = distributed.on_main(lambda: start_run(run, stage, exp, parts, opts, lineage,
+                                                    resumed_at=state.step if opts.resume else None))
     run.update_run(strategy={"name": exp.transfer.strategy, "phases": phases_summary(trainer.plan)})
     console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {trainer.total} steps on "
                  f"{parts.device}; run dir {path}")
@@ -273,20 +320,27 @@ def _record_stop(run: RunDir, state: TrainState, exc: BaseException) -> None:
 
 
 def _load_best(run: RunDir, model: nn.Module) -> dict:
-    """Put the best checkpoint's weights into the model (the weights a later stage starts from)."""
-    target = ckpt.alias_target(run.checkpoints, "best") or ckpt.alias_target(run.checkpoints, "last")
-    model.load_state_dict(ckpt.read_weights(target / ckpt.WEIGHTS))
-    meta = ckpt.read_meta(target)
-    kind = "best" if target == ckpt.alias_target(run.checkpoints, "best") else "last"
-    return {"kind": kind, "path": str(target), "step": meta.get("step"), "monitor": meta.get("monitor"),
+    """Put the best checkpoint's weights into the model (the weights a later stage starts from;
+    under torchrun rank 0 reads them and sends them to the others)."""
+
+    def read() -> tuple[dict, dict]:
+        target = ckpt.alias_target(run.checkpoints, "best") or ckpt.alias_target(run.checkpoints, "last")
+        meta = ckpt.read_meta(target)
+        kind = "best" if target == ckpt.alias_target(run.checkpoints, "best") else "last"
+        return ckpt.read_weights(target / ckpt.WEIGHTS), {
+            "kind": kind, "path": str(target), "step": meta.get("step"), "monitor": meta.get("monitor"),
             "value": meta.get("value")}
+
+    weights, checkpoint = distributed.on_main(read)
+    distributed.load_model_state(model, weights)
+    return checkpoint
 
 
 def _report_of_completed(run: RunDir, console: Console) -> dict:
     import json
 
     console.info(f"{run.path} is already completed; nothing to resume")
-    report = json.loads((run.path / "report.json").read_text())
+    report = distributed.on_main(lambda: json.loads((run.path / "report.json").read_text()))
     console.show(headline_table(report))
     return report
 

@@ -7,6 +7,8 @@ import math
 import time
 from typing import TYPE_CHECKING, Optional
 
+from transfer_cli import distributed
+from transfer_cli.acceleration import StepModuleBuilder, check_channels_last, to_channels_last
 from transfer_cli.callbacks import Checkpointer, ConsoleProgress, EarlyStopping, MetricsLog, PhaseController
 from transfer_cli.config.schema import Experiment
 from transfer_cli.console import Console
@@ -58,6 +60,12 @@ class Trainer:
         self.plan = build_plan(self.model, exp.transfer, steps_per_epoch, self.total, make_schedule, lora_names)
         self.cached = self._cache_decision(train)
         self.cache_seconds = 0.0
+        check_channels_last(exp.train.channels_last, parts.data.input_shape)
+        if exp.train.channels_last:
+            to_channels_last(self.model)
+        self.fsdp = distributed.world().is_distributed and exp.train.distributed == "fsdp"
+        if self.fsdp:  # before the optimizer: it must hold the sharded parameters
+            distributed.shard_fully(self.model, self.model.layer_group_names())
         trains_ever = set().union(*(phase.trainable for phase in self.plan))
         scales = lr_scales(self.model.layer_group_names(), exp.transfer.backbone_lr_mult, exp.transfer.layer_decay)
         groups = param_groups(self.model, exp.optim.lr, exp.optim.weight_decay, scales, include=trains_ever.__contains__)
@@ -71,13 +79,20 @@ class Trainer:
         self.progress = ConsoleProgress(console, self.total, None if cfg.max_steps else cfg.epochs,
                                         parts.monitor, label)
         self.callbacks.append(self.progress)
+        step_module = StepModuleBuilder(self.model, parts.device, compile=exp.train.compile,
+                                        channels_last=exp.train.channels_last,
+                                        distributed_mode=exp.train.distributed, warn=console.warn)
         self.engine = Engine(self.model, self.optimizer, plan_schedule(self.plan), parts.loss, parts.evaluator,
-                             parts.device, cfg, self.callbacks)
+                             parts.device, cfg, self.callbacks, step_module)
 
     def _cache_decision(self, train: TensorSplit) -> dict[str, bool]:
         """Which phases train the head on cached features."""
         setting = self.exp.transfer.cache_features
         allowed, why = can_cache(train, setting)
+        if distributed.world().is_distributed:
+            # the head would need its own DDP wrapper next to the model's: under torchrun the
+            # head-only phases run through the whole model instead
+            allowed, why = False, "not under torchrun (every rank would extract every feature)"
         head_only = [phase.name for phase in self.plan if phase.head_only]
         if setting is True and not (allowed and head_only):
             reason = why or f"no phase of strategy '{self.exp.transfer.strategy}' trains only the head"
@@ -92,7 +107,7 @@ class Trainer:
             from transfer_cli.models.lora import merged_state_dict
 
             return merged_state_dict(self.model)
-        return self.model.state_dict()
+        return distributed.model_state(self.model)
 
     def resume_state(self) -> Optional[dict]:
         return self.model.state_dict() if self.lora else None

@@ -70,6 +70,10 @@ class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     max_steps: Optional[int] = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = Field(False, description="torch.compile the training forward; eager with a warning where it fails")
+    channels_last: bool = Field(False, description="image models: weights and batches in NHWC memory layout")
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: DDP replicates the model on "
+                                                "every rank, FSDP shards it")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     grad_accum: int = Field(1, ge=1)
     clip_grad_norm: Optional[float] = Field(None, gt=0)

@@ -7,7 +7,7 @@ In-memory splits are batched by tensor indexing (no per-sample collation on the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Optional, Protocol, Union
 
 import torch
 
@@ -23,6 +23,41 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+Shard = tuple[int, int]  # (rank, number of processes): which share of the data this process takes
+WHOLE: Shard = (0, 1)
+
+
+def batch_indices(n: int, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, start: int = 0,
+                  shard: Shard = WHOLE, device: Optional[torch.device] = None) -> Iterator[Union[slice, torch.Tensor]]:
+    """The samples of each batch this process takes, from batch number `start` on.
+
+    Training (`shuffle`): the seeded epoch order cut into batches of `batch_size` samples (all
+    processes together); with several processes the order is first padded to a multiple of their
+    number by repeating its first samples (as DistributedSampler does), and each process takes its
+    equal, contiguous slice of every batch. The batch count is the same as in one process, so steps,
+    schedules and resume positions mean the same. Evaluation: each process takes a contiguous,
+    unpadded part of the split, as slices (views, no copy).
+    """
+    rank, size = shard
+    if not shuffle:
+        low, high = n * rank // size, n * (rank + 1) // size
+        for begin in range(low + start * batch_size, high, batch_size):
+            yield slice(begin, min(begin + batch_size, high))
+        return
+    order = epoch_order(n, seed, epoch)
+    if size > 1 and n % size:
+        order = torch.cat([order, order[: size - n % size]])
+    if device is not None:
+        order = order.to(device)
+    for begin in range(start * batch_size, n, batch_size):
+        batch = order[begin:begin + batch_size]
+        if size == 1:
+            yield batch
+        else:
+            share = len(batch) // size
+            yield batch[rank * share:(rank + 1) * share]
+
+
 class Split(Protocol):
     """What the engine, the evaluator and k-shot selection need from a split."""
 
@@ -34,7 +69,7 @@ class Split(Protocol):
     def subset(self, index: torch.Tensor) -> "Split": ...
     def num_batches(self, batch_size: int) -> int: ...
     def batches(self, batch_size: int, device: torch.device, *, shuffle: bool = False, seed: int = 0,
-                epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+                epoch: int = 0, start: int = 0, shard: Shard = WHOLE) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 class TensorSplit:
@@ -68,19 +103,16 @@ class TensorSplit:
 
     def batches(
         self, batch_size: int, device: torch.device, *, shuffle: bool = False, seed: int = 0,
-        epoch: int = 0, start: int = 0,
+        epoch: int = 0, start: int = 0, shard: Shard = WHOLE,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of the epoch, from batch number `start` on."""
+        """This process's part of the batches of the epoch, from batch number `start` on (see `batch_indices`)."""
         x, y = self.tensors_on(device)
-        n = len(self)
-        if not shuffle:
-            for begin in range(start * batch_size, n, batch_size):
-                yield x[begin:begin + batch_size], y[begin:begin + batch_size]
-            return
-        order = epoch_order(n, seed, epoch).to(device)
-        for begin in range(start * batch_size, n, batch_size):
-            index = order[begin:begin + batch_size]
-            yield x.index_select(0, index), y.index_select(0, index)
+        for index in batch_indices(len(self), batch_size, shuffle=shuffle, seed=seed, epoch=epoch, start=start,
+                                   shard=shard, device=device):
+            if isinstance(index, slice):
+                yield x[index], y[index]
+            else:
+                yield x.index_select(0, index), y.index_select(0, index)
 
 
 @dataclass

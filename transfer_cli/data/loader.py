@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from transfer_cli.data.bundle import epoch_order
+from transfer_cli.data.bundle import WHOLE, Shard, batch_indices
 from transfer_cli.errors import DataError
 
 
@@ -87,18 +87,16 @@ class DatasetSplit:
 
     def batches(
         self, batch_size: int, device: torch.device, *, shuffle: bool = False, seed: int = 0,
-        epoch: int = 0, start: int = 0,
+        epoch: int = 0, start: int = 0, shard: Shard = WHOLE,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of the epoch from batch number `start` on; `shuffle` marks a training pass
-        (shuffled, augmented), as in the engine."""
-        order = epoch_order(len(self), seed, epoch) if shuffle else torch.arange(len(self))
+        """This process's part of the batches of the epoch from batch number `start` on (see
+        `bundle.batch_indices`); `shuffle` marks a training pass (shuffled, augmented), as in the engine."""
+        everything = torch.arange(len(self))
+        targets = [everything[index] for index in batch_indices(len(self), batch_size, shuffle=shuffle, seed=seed,
+                                                                 epoch=epoch, start=start, shard=shard)]
         loader, plan = self._loader(batch_size, device.type == "cuda")
-        plan.batches = []
-        for begin in range(start * batch_size, len(self), batch_size):
-            index = order[begin:begin + batch_size]
-            plan.batches.append([(int(self.ids[k]), augmentation_seed(seed, epoch, int(self.ids[k])) if shuffle
-                                  else None) for k in index])
-        targets = [order[begin:begin + batch_size] for begin in range(start * batch_size, len(self), batch_size)]
+        plan.batches = [[(int(self.ids[k]), augmentation_seed(seed, epoch, int(self.ids[k])) if shuffle else None)
+                         for k in index] for index in targets]
         non_blocking = device.type == "cuda"
         for index, x in zip(targets, loader):
             if isinstance(x, ReadFailure):

@@ -1,0 +1,118 @@
+"""The same command in two processes: `transfer pretrain CONFIG --nproc 2` runs DDP (gloo on CPU),
+rank 0 alone writes the run, the report equals a one-process evaluation of the saved
+checkpoint, and a DDP run resumed from a mid-run checkpoint ends bit for bit as the unbroken one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import read_json, run_cli
+from reliability_tools import ENV, assert_same_run, copy_run, rewind
+
+from transfer_cli import checkpoint as ckpt
+from transfer_cli import distributed
+from transfer_cli.data.bundle import batch_indices
+
+CONFIG = "configs/tiny/pretrain.yaml"
+
+
+def _transfer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "transfer_cli", *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=240)
+
+
+def test_ddp_two_processes_write_one_run_whose_report_equals_a_single_process_evaluation(tiny: Path) -> None:
+    done = _transfer("pretrain", CONFIG, "--nproc", "2", "--run-dir", "runs/ddp", cwd=tiny)
+    assert done.returncode == 0, done.stderr
+    run = tiny / "runs" / "ddp"
+    # rank 0 alone speaks and writes: one start line, one table, one run
+    assert done.stdout.count("pretrain: data multiclass") == 1 and "rank 1" not in done.stdout + done.stderr
+    assert read_json(run / "run.json")["status"] == "completed"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "last", "step-00000007",
+                                                                      "step-00000014"]
+    state = ckpt.load_state(run / "checkpoints" / "step-00000007")
+    assert len(state["ranks"]) == 2  # each rank's RNG state and running loss, for an exact resume
+    assert state["train_state"]["step"] == 7  # 200 samples, batch 32: as many steps as in one process
+    assert not any(key.startswith("module.") for key in ckpt.read_weights(run / "checkpoints" / "best" / ckpt.WEIGHTS))
+
+    # the report's metrics are those of evaluating the best checkpoint in one process
+    report = read_json(run / "report.json")
+    for split in ("val", "test"):
+        result = run_cli("evaluate", "runs/ddp", "--split", split, "--run-dir", f"runs/eval-{split}", "--json")
+        assert result.exit_code == 0, result.output
+        single = result.json()["metrics"][split]
+        assert set(single) == set(report["metrics"][split])
+        for name, value in single.items():
+            assert report["metrics"][split][name] == pytest.approx(value, rel=1e-5, abs=1e-7), (split, name)
+        assert report["splits"][split]["size"] == 100
+        assert report["splits"][split]["confusion_matrix"]["counts"] == \
+            result.json()["splits"][split]["confusion_matrix"]["counts"]
+
+    # resumed under DDP from the checkpoint of step 7: the same run, bit for bit
+    resumed = copy_run(run, tiny / "runs" / "resumed")
+    rewind(resumed, 7)
+    done = _transfer("pretrain", CONFIG, "--nproc", "2", "--run-dir", "runs/resumed", "--resume", cwd=tiny)
+    assert done.returncode == 0, done.stderr
+    assert "from step 7 " in done.stdout
+    assert_same_run(run, resumed)
+
+
+def test_ddp_config_errors_exit_2_before_training(tiny: Path) -> None:
+    done = _transfer("pretrain", CONFIG, "--nproc", "2", "--set", "data.batch_size=33", cwd=tiny)
+    assert done.returncode == 2
+    assert "data.batch_size: 33 samples per batch cannot be split evenly over 2 processes" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tiny / "runs" / "pretrain").exists()
+
+
+def test_nproc_refused_under_torchrun(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = run_cli("pretrain", CONFIG, "--nproc", "2")
+    assert result.exit_code == 2
+    assert "under torchrun they exist already" in result.stderr
+
+
+@pytest.mark.parametrize("n,batch,size", [(200, 32, 2), (203, 32, 2), (10, 4, 4), (7, 6, 3)])
+def test_training_shards_split_each_batch_of_the_padded_epoch(n: int, batch: int, size: int) -> None:
+    whole = [index.tolist() for index in batch_indices(n, batch, shuffle=True, seed=3, epoch=2)]
+    shards = [[index.tolist() for index in batch_indices(n, batch, shuffle=True, seed=3, epoch=2, shard=(r, size))]
+              for r in range(size)]
+    assert all(len(shard) == len(whole) for shard in shards)  # same batch count: steps mean the same
+    for b, batch_samples in enumerate(whole):
+        joined = [i for shard in shards for i in shard[b]]
+        assert len({len(shard[b]) for shard in shards}) == 1  # equal shares: DDP's mean is the batch mean
+        padding = joined[len(batch_samples):]
+        assert joined[:len(batch_samples)] == batch_samples  # the batch of one process, in order
+        assert set(padding) <= set(whole[0])  # padded with the epoch's first samples
+    assert len(padding) == (-n) % size
+    # resuming at batch 1 gives each rank the rest of its own sequence
+    later = [index.tolist() for index in batch_indices(n, batch, shuffle=True, seed=3, epoch=2, start=1, shard=(1, size))]
+    assert later == shards[1][1:]
+
+
+def test_evaluation_shards_cover_the_split_once_without_padding() -> None:
+    covered = [i for rank in range(3) for index in batch_indices(10, 2, shuffle=False, shard=(rank, 3))
+               for i in range(10)[index]]
+    assert covered == list(range(10))
+
+
+def test_batch_norm_would_get_one_sample_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transfer_cli import stages
+    from transfer_cli.config.schema import Experiment
+    from transfer_cli.data.bundle import DataBundle, TensorSplit
+    from transfer_cli.errors import ConfigError
+
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=0, size=4))
+    exp = Experiment.model_validate({"data": {"name": "motifs", "batch_size": 8}, "model": {"name": "cnn1d"}})
+    data = DataBundle({"train": TensorSplit(torch.zeros(12, 1, 8), torch.zeros(12, dtype=torch.long))},
+                      "multiclass", 2)
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(1))
+    with pytest.raises(ConfigError, match="the last batch gives each of the 4 processes one sample"):
+        stages.check_distributed(exp, data, model, evaluating=False, opts=stages.RunOptions())
+    exp.data.batch_size = 6
+    with pytest.raises(ConfigError, match="6 samples per batch cannot be split evenly over 4 processes"):
+        stages.check_distributed(exp, data, model, evaluating=False, opts=stages.RunOptions())

@@ -61,6 +61,30 @@ def test_ddp_two_processes_write_one_run_whose_report_equals_a_single_process_ev
     assert_same_run(run, resumed)
 
 
+@pytest.mark.slow
+def test_fsdp_shards_the_model_and_reports_like_a_single_process_evaluation(tiny: Path) -> None:
+    # 101 validation samples in batches of 50: one rank evaluates 2 batches, the other 1, yet
+    # FSDP needs both in every forward; the run must neither hang nor count a sample twice
+    uneven = ("--set", "data.params.n_val=101", "--set", "data.eval_batch_size=50")
+    done = _transfer("pretrain", CONFIG, "--nproc", "2", "--set", "train.distributed=fsdp", *uneven,
+                     "--run-dir", "runs/fsdp", cwd=tiny)
+    assert done.returncode == 0, done.stderr
+    run = tiny / "runs" / "fsdp"
+    report = read_json(run / "report.json")
+    assert report["splits"]["val"]["size"] == 101
+    result = run_cli("evaluate", "runs/fsdp", "--split", "val", "--run-dir", "runs/eval", "--json")
+    assert result.exit_code == 0, result.output
+    for name, value in result.json()["metrics"]["val"].items():
+        assert report["metrics"]["val"][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+    resumed = copy_run(run, tiny / "runs" / "resumed")
+    rewind(resumed, 7)
+    done = _transfer("pretrain", CONFIG, "--nproc", "2", "--set", "train.distributed=fsdp", *uneven,
+                     "--run-dir", "runs/resumed", "--resume", cwd=tiny)
+    assert done.returncode == 0, done.stderr
+    assert_same_run(run, resumed)
+
+
+@pytest.mark.slow
 def test_ddp_config_errors_exit_2_before_training(tiny: Path) -> None:
     done = _transfer("pretrain", CONFIG, "--nproc", "2", "--set", "data.batch_size=33", cwd=tiny)
     assert done.returncode == 2

@@ -44,6 +44,7 @@ class Checkpointer(BaseCallback):
     def save(self, engine: Engine, state: TrainState, improved: bool, value: Any = None) -> None:
         # every rank takes part (its RNG state and running loss are gathered; FSDP gathers the
         # weights and optimizer state); rank 0 writes
+        distributed.broadcast_buffers(engine.model)
         ranks = distributed.gathered({"rng": rng_state(), **engine.local_state()})
         weights, engine_state, model_state = self.weights(), engine.training_state(), self.resume_state()
         self.saved_step = state.step

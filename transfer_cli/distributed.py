@@ -114,6 +114,16 @@ def from_main(obj: Any) -> Any:
     return box[0]
 
 
+def broadcast_buffers(model: "nn.Module") -> None:
+    """Rank 0's buffers (BatchNorm statistics) on every rank: what the checkpoint keeps is what
+    every rank evaluates with, and what a resumed run starts from."""
+    if _active():
+        import torch.distributed as dist
+
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def on_main(action: Callable[[], T]) -> T:
     """`action()` done by rank 0 alone (reading or writing the run directory); every rank gets
     its result, or stops with its error (so no rank waits for one that has stopped)."""
@@ -160,8 +170,12 @@ def wrap(model: "nn.Module", device: "torch.device", mode: str) -> "nn.Module":
 def shard_fully(model: "nn.Module", layer_groups: list[str]) -> None:
     """FSDP (torch's fully_shard): each layer group, then the whole model, keeps only this rank's
     slice of its parameters between uses. Must happen before the optimizer is built."""
+    import warnings
+
     from torch.distributed.fsdp import fully_shard
 
+    # our step never changes a module's output in place, which is what this warning is about
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     for name in layer_groups:
         fully_shard(model.get_submodule(name))
     fully_shard(model)

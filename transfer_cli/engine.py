@@ -250,6 +250,7 @@ class Engine:
                 raise self._diverged("loss", state)
         self._loss_sum.zero_()
         self._loss_count = 0
+        distributed.broadcast_buffers(self.model)
         if val is not None:
             record.update({f"val/{k}": v for k, v in self.evaluate(val).items()})
             if not math.isfinite(record["val/loss"]):  # broken weights: stop before they are checkpointed

@@ -74,6 +74,7 @@ class Evaluator:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         count = 0
         kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        x = None
         for i, (x, y) in enumerate(split.batches(self.batch_size, self.device, shard=distributed.world().shard)):
             if self.batch_limit is not None and i >= self.batch_limit:
                 break
@@ -87,6 +88,8 @@ class Evaluator:
                 breakdown.update(preds, target)
             if keep_predictions:
                 kept.append((preds.cpu(), target.cpu()))
+        for _ in range(self._forwards_to_match(split)):  # FSDP gathers parameters in every forward, on every rank
+            self.model(x if x is not None else next(split.batches(1, self.device))[0])
         totals = distributed.all_sum(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64,
                                                                            device=self.device)]))
         count = int(totals[1].item())
@@ -100,3 +103,16 @@ class Evaluator:
             result.predictions, result.targets = torch.cat([p for p, _ in kept]), torch.cat([t for _, t in kept])
         self.model.train(was_training)
         return result
+
+    def _forwards_to_match(self, split: TensorSplit) -> int:
+        """Under FSDP every rank must run as many forward passes as the others: how many more
+        this rank runs (outputs discarded) to match the one with the largest part of the split."""
+        if not distributed.is_sharded(self.model):
+            return 0
+        rank, size = distributed.world().shard
+        n, per_batch = len(split), self.batch_size
+        mine = -(-(n * (rank + 1) // size - n * rank // size) // per_batch)
+        most = -(-(-(-n // size)) // per_batch)
+        if self.batch_limit is not None:
+            mine, most = min(mine, self.batch_limit), min(most, self.batch_limit)
+        return most - mine

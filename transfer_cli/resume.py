@@ -26,16 +26,17 @@ def restore_training(run: RunDir, exp: Experiment, engine: Engine, console: Cons
     restart from step 0. Under torchrun rank 0 does all this and sends what it restored to the
     other ranks, each of which takes its own RNG state and running loss from it.
     """
-    restored = distributed.on_main(lambda: _restore(run, exp, engine, console))
-    if restored is None or not distributed.world().is_distributed:
-        return None if restored is None else restored[0]
+    several = distributed.world().is_distributed
+    # under torchrun rank 0 chooses the checkpoint and repairs the run dir, then every rank loads
+    # what it sent (loading into an FSDP model is a collective operation)
+    restored = distributed.on_main(lambda: _restore(run, exp, engine, console, load=not several))
+    if restored is None:
+        return None
     train_state, state = restored
-    if state is None:  # no checkpoint yet: every rank starts from step 0
-        return train_state
-    if not distributed.world().is_main:
+    if several and state is not None:
         distributed.load_model_state(engine.model, state["weights"])
         engine.load_training_state(state["engine"])
-    _restore_rank_state(state, engine, console)
+        _restore_rank_state(state, engine, console)
     return train_state
 
 
@@ -51,8 +52,11 @@ def _restore_rank_state(state: dict, engine: Engine, console: Console) -> None:
     engine.load_local_state(ranks[world.rank])
 
 
-def _restore(run: RunDir, exp: Experiment, engine: Engine, console: Console) -> Optional[tuple[TrainState, Any]]:
-    """On rank 0 (or alone): (train state, the checkpoint state it came from or None), None when completed."""
+def _restore(run: RunDir, exp: Experiment, engine: Engine, console: Console,
+             load: bool) -> Optional[tuple[TrainState, Optional[dict]]]:
+    """On rank 0 (or alone): (train state, the checkpoint's state with its weights, or None when
+    there is no checkpoint yet), or None when the run completed. `load`: into this process's
+    engine too (alone), which also proves the checkpoint fits the model."""
     check_same_config(run, exp)
     if run.read_run().get("status") == "completed":
         return None
@@ -62,19 +66,21 @@ def _restore(run: RunDir, exp: Experiment, engine: Engine, console: Console) -> 
             state = ckpt.load_state(path)
             # a run whose exported weights differ from its training state (LoRA) keeps the latter
             weights = state["model"] if "model" in state else ckpt.read_weights(path / ckpt.WEIGHTS)
-            distributed.load_model_state(engine.model, weights)
-            engine.load_training_state(state["engine"])
+            if load:
+                engine.model.load_state_dict(weights)
+                engine.load_training_state(state["engine"])
             train_state = TrainState.from_dict(state["train_state"])
         except (CheckpointError, KeyError, RuntimeError, TypeError, ValueError) as exc:
             aside = _set_aside(path)
             console.warn(f"checkpoint {path.name} is unusable ({exc}); moved it to {aside.name} and trying the "
                          f"previous one")
             continue
-        set_rng_state(state["rng"])
+        if load:
+            set_rng_state(state["rng"])
         run.truncate_metrics(state["metrics_size"])
         _repair_aliases(run, path, train_state)
         console.info(f"resuming {run.path} from step {train_state.step} ({path.name})")
-        return train_state, ({**state, "weights": weights} if distributed.world().is_distributed else None)
+        return train_state, {**state, "weights": weights}
     if _has_checkpoints(run.checkpoints):
         raise CheckpointError(f"cannot resume {run.path}: no checkpoint in {run.checkpoints} is usable; "
                               f"use --overwrite to start again")

@@ -104,12 +104,14 @@ def _malformed_files(tiny: Path, weights: Path) -> dict[str, Path]:
 
 
 CHILD = """
-import json, resource, sys
+import json, sys
 from typer.testing import CliRunner
 from transfer_cli.cli import app
 results = {name: CliRunner().invoke(app, args) for name, args in json.loads(sys.argv[1]).items()}
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent (pytest) through fork and exec
+peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"results": {k: [r.exit_code, r.stderr] for k, r in results.items()},
-                  "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "maxrss_mib": peak_kib / 1024}))
 """
 
 

@@ -103,13 +103,17 @@ def _malformed_files(tiny: Path, weights: Path) -> dict[str, Path]:
     return {name: tiny / name for name in files}
 
 
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child of a big
+# pytest process would report its parent's peak
 CHILD = """
-import json, resource, sys
+import json, re, sys
+from pathlib import Path
 from typer.testing import CliRunner
 from transfer_cli.cli import app
 results = {name: CliRunner().invoke(app, args) for name, args in json.loads(sys.argv[1]).items()}
+peak_kib = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
 print(json.dumps({"results": {k: [r.exit_code, r.stderr] for k, r in results.items()},
-                  "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "maxrss_mib": peak_kib / 1024}))
 """
 
 

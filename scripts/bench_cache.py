@@ -2,7 +2,7 @@
 """Feature caching: per-epoch time of a linear probe with and without cached features, on the
 built-in task, through the real CLI (same config, same seed, alternating, in one process).
 
-    python scripts/bench_cache.py [--epochs 5] [--repeats 3]
+    python scripts/bench_cache.py [--task signals|images] [--epochs 5] [--repeats 3]
 
 Prints per-epoch seconds (median [min-max] over repeats) and the speed-up. Also checks that both
 paths end with the same head weights.
@@ -38,13 +38,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-train", type=int, default=4000)
+    parser.add_argument("--task", choices=["signals", "images"], default="signals",
+                        help="signals: configs/quickstart (cnn1d); images: configs/images (resnet)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         pre = f"{tmp}/pretrain"
-        run(["pretrain", str(ROOT / "configs/quickstart/pretrain.yaml"), "--run-dir", pre, "--quiet",
-             "--set", "train.epochs=1"])
-        common = ["finetune", str(ROOT / "configs/quickstart/finetune.yaml"), "--init-from", pre, "--quiet",
+        folder = ROOT / "configs" / ("quickstart" if args.task == "signals" else "images")
+        run(["pretrain", str(folder / "pretrain.yaml"), "--run-dir", pre, "--quiet", "--set", "train.epochs=1"])
+        common = ["finetune", str(folder / "finetune.yaml"), "--init-from", pre, "--quiet",
                   "--set", "transfer.strategy=linear_probe", "--set", "data.per_class=null",
                   "--set", f"data.params.n_train={args.n_train}", "--set", f"train.epochs={args.epochs}",
                   "--set", "data.batch_size=128"]
@@ -66,7 +68,7 @@ def main() -> None:
               f"(training + per-epoch validation, {args.n_train} training samples)")
     print(f"one-time feature extraction (train + val): {statistics.median(extraction):.3f} s")
     ratio = statistics.median(per_epoch["uncached"]) / statistics.median(per_epoch["cached"])
-    print(f"speed-up per epoch: {ratio:.1f}x; same final weights: {same}")
+    print(f"{args.task}: speed-up per epoch: {ratio:.1f}x; same final weights: {same}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import SOURCE, TINY_BASE, run_cli, write_yaml
+from conftest import TINY_BASE, run_cli, write_yaml
 
 
 def _config(tiny: Path, text: str) -> Path:

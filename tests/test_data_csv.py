@@ -108,4 +108,4 @@ def test_split_layout_mistakes_are_config_errors_with_the_line(tmp_path: Path, m
     (tmp_path / "cfg.yaml").write_text("data:\n  name: csv\n  params: {path: t.csv, val: v.csv, label: y}\n"
                                        "model: {name: mlp}\n")
     err = _fails("pretrain", "cfg.yaml")
-    assert "cfg.yaml:3: data.params: Value error, `val`/`test` sources go with `train`, not with `path`" in err
+    assert "cfg.yaml:3: data.params: `val`/`test` sources go with `train`, not with `path`" in err

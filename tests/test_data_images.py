@@ -136,3 +136,19 @@ def test_missing_folder_and_folder_without_classes(shapes: Path) -> None:
     (shapes / "data" / "examples" / "shapes" / "train" / "circle" / "circle-000.png").rename(shapes / "flat" / "a.png")
     _config(shapes, {"path": "flat"})
     assert f"data.params.path ({shapes / 'flat'}): no class sub-folders; expected" in _fails("pretrain", "cfg.yaml")
+
+
+def test_features_are_cached_for_plain_images_but_never_for_augmented_ones(shapes: Path) -> None:
+    _config(shapes, {"path": "data/examples/shapes/train", "val_fraction": 0.25})
+    assert run_cli("pretrain", "cfg.yaml").exit_code == 0
+    probe = ["finetune", "cfg.yaml", "--init-from", "runs/t", "--set", "transfer.strategy=linear_probe"]
+    plain = run_cli(*probe, "--run-dir", "runs/plain")
+    assert plain.exit_code == 0, plain.output
+    assert "features cached" in plain.stdout
+    augmented = run_cli(*probe, "--run-dir", "runs/aug", "--set", "data.params.flip=true")
+    assert augmented.exit_code == 0, augmented.output
+    assert "features cached" not in augmented.stdout
+    forced = run_cli(*probe, "--run-dir", "runs/forced", "--set", "data.params.flip=true",
+                     "--set", "transfer.cache_features=true")
+    assert forced.exit_code == 2
+    assert "the training data is augmented" in forced.stderr

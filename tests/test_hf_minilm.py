@@ -49,3 +49,25 @@ def test_example_text_config_finetunes_minilm(tmp_path: Path, monkeypatch) -> No
     report = read_json(run / "report.json")
     assert report["data"]["class_names"] == ["negative", "positive"]
     assert report["metrics"]["test"]["accuracy"] >= 0.75  # the pretrained features separate the two at once
+
+
+def test_scratch_baseline_of_a_pretrained_encoder_is_really_from_scratch(tmp_path: Path, monkeypatch) -> None:
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(tmp_path)
+    make_reviews(tmp_path / "data" / "examples" / "reviews.csv", n=40)
+    directory = str(minilm.get_model_path())
+    result = run_cli("finetune", ROOT / "configs" / "examples" / "text_csv.yaml", "--set", "train.epochs=1",
+                     "--set", f"model.params.path={directory}", "--set", f"data.params.tokenizer={directory}",
+                     "--set", "data.params.max_length=16", "--set", "train.device=cpu",
+                     "--set", "transfer.strategy=linear_probe", "--baseline", "scratch")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "examples" / "text_csv"
+    pretrained = load_file(str(Path(directory) / "model.safetensors"))
+    baseline = load_file(str(run / "baseline" / "checkpoints" / "best" / "model.safetensors"))
+    key = next(k for k in pretrained if k.endswith("word_embeddings.weight"))
+    ours = next(k for k in baseline if k.endswith("word_embeddings.weight"))
+    assert not torch.allclose(pretrained[key], baseline[ours])  # random, not the pretrained embeddings
+    report = read_json(run / "report.json")
+    assert report["transfer_gain"]["accuracy"] == pytest.approx(
+        report["metrics"]["test"]["accuracy"] - report["baseline"]["metrics"]["test"]["accuracy"])

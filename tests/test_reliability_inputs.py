@@ -103,13 +103,15 @@ def _malformed_files(tiny: Path, weights: Path) -> dict[str, Path]:
     return {name: tiny / name for name in files}
 
 
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child of a big
+# pytest process would report its parent's peak
 CHILD = """
-import json, sys
+import json, re, sys
+from pathlib import Path
 from typer.testing import CliRunner
 from transfer_cli.cli import app
 results = {name: CliRunner().invoke(app, args) for name, args in json.loads(sys.argv[1]).items()}
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent (pytest) through fork and exec
-peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+peak_kib = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
 print(json.dumps({"results": {k: [r.exit_code, r.stderr] for k, r in results.items()},
                   "maxrss_mib": peak_kib / 1024}))
 """

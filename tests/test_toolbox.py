@@ -172,3 +172,62 @@ def test_lora_run_exports_merged_plain_weights(pretrained: Path) -> None:
     result = run_cli("evaluate", str(run), "--json")
     assert result.exit_code == 0, result.output
     assert result.json()["metrics"]["test"] == read_json(run / "report.json")["metrics"]["test"]
+
+
+def test_cached_and_uncached_runs_evaluate_at_the_same_steps(pretrained: Path) -> None:
+    common = ("transfer.strategy=lp_ft", "train.epochs=3", "train.eval_every_steps=4")
+    cached = finetune(*common, "transfer.cache_features=true", extra=("--run-dir", "runs/cached"))
+    plain = finetune(*common, "transfer.cache_features=false", extra=("--run-dir", "runs/plain"))
+    steps = [[(r["step"], r["phase"]) for r in read_jsonl(run / "metrics.jsonl")] for run in (cached, plain)]
+    assert steps[0] == steps[1]
+
+
+def test_smoke_runs_every_strategy_within_its_budget(pretrained: Path) -> None:
+    for strategy in ("lp_ft", "gradual"):
+        run = finetune(f"transfer.strategy={strategy}", "transfer.probe_epochs=5", "transfer.unfreeze_every=3",
+                       extra=("--smoke", "--run-dir", f"runs/smoke-{strategy}", "--overwrite"))
+        phases = read_json(run / "run.json")["strategy"]["phases"]
+        assert len(phases) >= 2 and phases[-1]["end_step"] == 3
+
+
+def test_early_stopping_decision_is_in_the_checkpoint(pretrained: Path) -> None:
+    run = finetune("train.epochs=10", "train.early_stopping.patience=1", "train.early_stopping.min_delta=10",
+                   "train.monitor=val/loss")
+    state = torch.load(run / "checkpoints" / "last" / "state.pt", weights_only=True)
+    assert state["train_state"]["stop_reason"].startswith("early stopping")
+    assert len(read_jsonl(run / "metrics.jsonl")) == 2
+
+
+def test_toolbox_config_mistakes_are_exit_2(pretrained: Path) -> None:
+    cases = {
+        ("transfer.freeze=[backbone.blok0.*]",): "transfer.freeze: 'backbone.blok0.*' matches no parameter",
+        ("optim.name=sgd", "optim.params.nesterov=true", "optim.params.momentum=0"): "optim.params: Nesterov",
+        ("optim.params.betas=[1.5, 0.9]",): "optim.params.betas[0]",
+    }
+    for sets, message in cases.items():
+        args = [item for s in sets for item in ("--set", s)]
+        result = run_cli("finetune", "configs/tiny/finetune.yaml", *args)
+        assert result.exit_code == 2 and message in result.stderr, (sets, result.output)
+
+
+def test_validate_applies_lora_and_notes_an_existing_run(pretrained: Path) -> None:
+    result = run_cli("validate", "configs/tiny/finetune.yaml", "--set", "transfer.strategy=lora",
+                     "--set", "transfer.lora.targets=[nomatch]")
+    assert result.exit_code == 2 and "transfer.lora.targets" in result.stderr
+    result = run_cli("validate", "configs/tiny/pretrain.yaml")
+    assert result.exit_code == 0, result.output
+    assert "already holds a run" in result.stdout
+
+
+def test_multi_seed_resume_checks_the_config_before_touching_the_parent(pretrained: Path) -> None:
+    from conftest import tree_digest
+
+    args = ["finetune", "configs/tiny/finetune.yaml", "--seeds", "0,1", "--set", "train.epochs=1"]
+    assert run_cli(*args).exit_code == 0
+    parent = Path("runs/finetune")
+    before = tree_digest(parent)
+    changed_run = run_cli(*args, "--resume", "--set", "optim.lr=0.01")
+    assert changed_run.exit_code == 2 and "optim.lr" in changed_run.stderr
+    assert run_cli(*args, "--resume").exit_code == 0  # completed: left as it is
+    assert tree_digest(parent) == before
+    assert run_cli("compare", "runs/finetune", "runs/finetune/seed-0").exit_code == 0

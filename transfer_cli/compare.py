@@ -55,6 +55,10 @@ def _read_report(path: Path, problems: list[str]) -> Optional[dict[str, Any]]:
             problems.append(f"{file}: report schema version {version!r} is not one this transfer reads "
                             f"(up to {SCHEMA_VERSION}); upgrade transfer")
             return None
+        metrics = report.get("metrics")
+        if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+            problems.append(f"{file}: 'metrics' is not a mapping of split -> metrics; the report is damaged")
+            return None
         return report
     return None
 
@@ -96,7 +100,7 @@ def compare_runs(runs: list[RunReport], split: Optional[str] = None) -> dict[str
             "run": str(run.path), "label": run.label, "stage": run.report.get("stage"), "name": run.report.get("name"),
             "data": _data_summary(run.report, split), "same_data_as_reference": same_data,
             "checkpoint": run.report.get("checkpoint"), "lineage": run.report.get("lineage"), "metrics": metrics, "delta": delta,
-            "transfer_gain": run.report.get("transfer_gain"),
+            "transfer_gain": run.report.get("transfer_gain"), "seeds": run.report.get("seeds"),
         })
     names.sort(key=lambda n: DISPLAY_ORDER.index(n) if n in DISPLAY_ORDER else len(DISPLAY_ORDER))
     return {"split": split, "reference": runs[0].label, "metric_names": names, "runs": entries}
@@ -136,6 +140,8 @@ def _cell(run: dict[str, Any], name: str) -> str:
 
 
 def _weights(run: dict[str, Any]) -> str:
+    if run.get("seeds"):
+        return f"mean of {len(run['seeds'])} seeds"
     checkpoint = run.get("checkpoint") or {}
     if checkpoint:
         return f"{checkpoint.get('kind')} @ step {checkpoint.get('step')}"

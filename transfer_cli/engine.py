@@ -36,7 +36,6 @@ class EngineConfig:
     clip_grad_norm: Optional[float] = None
     precision: str = "fp32"
     eval_every_steps: Optional[int] = None
-    log_every_steps: Optional[int] = None
     monitor: str = "val/loss"
     monitor_higher_is_better: bool = False
     monitor_min_delta: float = 0.0
@@ -145,7 +144,10 @@ class Engine:
                 self._train_epoch(train, val, state, total)
             if self._vote is not None:  # the vote on the last step is still out: every rank reads it
                 self._stop_if_signalled(state, settle=True)
-            if state.last_eval_step != state.step:
+            # the run's last step is always evaluated; a segment that ends at a phase boundary
+            # (`until`) is not, so segmenting the run does not change when evaluations happen
+            is_run_end = state.step >= self.total_steps(train)
+            if is_run_end and state.last_eval_step != state.step:
                 self._eval_point(val, state)
         self._emit("on_fit_end", state)
         return state
@@ -307,6 +309,12 @@ class Engine:
         if "loss_sum" in state:
             self._loss_sum = state["loss_sum"].to(self.device)
             self._loss_count = state["loss_count"]
+
+    def continue_from(self, other: "Engine") -> None:
+        """Take over another engine's optimizer, grad scaler and running training loss (an engine
+        over the head alone continues the same run on cached features)."""
+        self.optimizer, self.scaler = other.optimizer, other.scaler
+        self._loss_sum, self._loss_count = other._loss_sum, other._loss_count
 
     # ---- signals -----------------------------------------------------------------------------
     @contextlib.contextmanager

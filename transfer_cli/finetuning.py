@@ -15,8 +15,10 @@ from transfer_cli.console import Console, format_value
 from transfer_cli.provenance import now
 from transfer_cli.report import headline_table, write_report
 from transfer_cli.rundir import RunDir
+from transfer_cli.resume import check_same_config
 from transfer_cli.stages import (
-    RunOptions, build_parts, check_run_dir, make_report_header, run_path, start_run, train_and_report,
+    Parts, RunOptions, build_parts, check_run_dir, make_report_header, record_stop, report_of_completed, run_path,
+    start_run, train_and_report,
 )
 from transfer_cli.transfer import load_initial_weights
 
@@ -32,6 +34,13 @@ def finetune(exp: Experiment, opts: RunOptions, console: Console) -> dict:
 
 def finetune_once(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     parts = build_parts(exp, opts)
+    lineage = prepare_model(exp, parts, console)
+    return train_and_report("finetune", exp, parts, opts, console, lineage)
+
+
+def prepare_model(exp: Experiment, parts: Parts, console: Console) -> dict:
+    """Load the initial weights (unless the model brought its own) and add LoRA adapters;
+    returns the lineage recorded in run.json."""
     tcfg = exp.transfer
     if tcfg.init_from is None:  # the model loaded its own pretrained weights (e.g. hf_encoder)
         lineage = {"init_from": None, **parts.model.pretrained_lineage()}
@@ -47,7 +56,7 @@ def finetune_once(exp: Experiment, opts: RunOptions, console: Console) -> dict:
 
         adapted = add_lora(parts.model, tcfg.lora.rank, tcfg.lora.alpha, tcfg.lora.dropout, tcfg.lora.targets)
         console.info(f"lora: rank {tcfg.lora.rank} adapters on {len(adapted)} modules")
-    return train_and_report("finetune", exp, parts, opts, console, lineage)
+    return lineage
 
 
 # ---- scratch baseline --------------------------------------------------------------------------
@@ -62,6 +71,7 @@ def with_baseline(exp: Experiment, opts: RunOptions, console: Console, report: d
                         resume=opts.resume and base_dir.exists())
     console.info(f"baseline: the same model from scratch -> {base_dir}")
     parts = build_parts(base_exp, base_opts)
+    parts.model.reinitialize_pretrained()  # e.g. an hf_encoder: its own pretrained weights are not scratch
     base = train_and_report("baseline", base_exp, parts, base_opts, console,
                             lineage={"init": "random", "seed": exp.seed, "baseline_of": str(run.path)})
     report = add_gain(report, base)
@@ -99,29 +109,40 @@ def over_seeds(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     run = check_run_dir(path, opts.mode)
     seeds = list(exp.transfer.seeds)
     exp.run_dir = str(path.absolute())
+    if opts.resume:  # same rules as a single run: the same config, and a completed run stays as it is
+        check_same_config(run, exp)
+        if run.read_run().get("status") == "completed":
+            return report_of_completed(run, console)
     header = make_report_header("finetune", exp, opts)
     distributed.on_main(lambda: start_run(run, "finetune", exp, None, opts,
                                           lineage={"init_from": exp.transfer.init_from},
                                           resumed_at=0 if opts.resume else None))
-    reports = []
-    for seed in seeds:
-        child = exp.model_copy(deep=True)
-        child.seed = seed
-        child.transfer.seeds = None
-        child_dir = path / f"seed-{seed}"
-        console.info(f"seed {seed} -> {child_dir}")
-        child_opts = replace(opts, run_dir=str(child_dir), config_path=None, overwrite=False,
-                             resume=opts.resume and child_dir.exists())
-        reports.append(finetune(child, child_opts, console))
-    report = {**header, **aggregate(reports, seeds)}
+    try:
+        reports = [finetune(*_seed_run(exp, opts, seed, path), console) for seed in seeds]
+    except BaseException as exc:
+        record_stop(run, None, exc)
+        raise
+    # the keys of a single run's report that a mean over runs does not have are null
+    empty = {"splits": {}, "checkpoint": None, "lineage": {"init_from": exp.transfer.init_from}, "timings": {},
+             "stop_reason": None, "predictions": None, "transfer_gain": None}
+    report = {**header, **empty, **aggregate(reports, seeds)}
     write_report(run, report, console)
     run.update_run(status="completed", ended_at=now(), seeds=seeds)
     console.info(f"finetune over seeds {seeds}: mean of {len(seeds)} runs")
     console.show(headline_table(report))
-    if "transfer_gain" in report:
+    if report.get("transfer_gain"):
         console.info("transfer gain (mean ± std over seeds): " + ", ".join(
             f"{k} {v:+.4f} ± {report['transfer_gain_std'][k]:.4f}" for k, v in report["transfer_gain"].items()))
     return report
+
+
+def _seed_run(exp: Experiment, opts: RunOptions, seed: int, parent: Path) -> tuple[Experiment, RunOptions]:
+    child = exp.model_copy(deep=True)
+    child.seed = seed
+    child.transfer.seeds = None
+    child_dir = parent / f"seed-{seed}"
+    return child, replace(opts, run_dir=str(child_dir), config_path=None, overwrite=False,
+                          resume=opts.resume and child_dir.exists())
 
 
 def aggregate(reports: list[dict], seeds: list[int]) -> dict:

@@ -7,7 +7,7 @@ further. Each group keeps its `base_lr`; the schedule sets `lr = base_lr * facto
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Annotated, Callable, Optional
 
 import torch
 from pydantic import Field
@@ -64,7 +64,7 @@ class SGDParams(Params):
 
 
 class AdamParams(Params):
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
     amsgrad: bool = False
 

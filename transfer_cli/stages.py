@@ -34,7 +34,7 @@ from transfer_cli.resume import restore_training
 from transfer_cli.rundir import RunDir
 from transfer_cli.seeding import seed_everything
 from transfer_cli.training import Trainer, phases_summary
-from transfer_cli.transfer import load_exact, load_initial_weights, sha256_of
+from transfer_cli.transfer import load_exact, sha256_of
 
 SMOKE_EVAL_BATCHES = 2
 
@@ -107,25 +107,28 @@ def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
                           class_labels(parts.data.task, parts.data.num_outputs, parts.data.class_names),
                           parts.context.threshold)
         report["predictions"] = str(predictions)
-    finish_run(run, report, started, console)
+    finish_run(run, report, console)
     console.show(headline_table(report))
     return report
 
 
 def validate_only(exp: Experiment, stage: str, opts: RunOptions, console: Console) -> dict:
     """Build every part (data, model, loss, metrics, optimizer, weights) and train nothing."""
+    from transfer_cli.finetuning import prepare_model
+
     parts = build_parts(exp, opts, evaluating=stage == "evaluate")
-    if stage == "finetune" and exp.transfer.init_from:
-        load = load_initial_weights(parts.model, exp.transfer.init_from, head=exp.transfer.head,
-                                    strict=exp.transfer.strict, keys=exp.transfer.keys)
-        console.info(f"init: {load.summary()}")
+    if stage == "finetune":
+        prepare_model(exp, parts, console)
     if stage == "evaluate":
         load_exact(parts.model, exp.eval.checkpoint)
     path = run_path(exp, opts, stage)
     steps = 0
     if stage != "evaluate":
-        RunDir.check(path, opts.mode)
         steps = Trainer(exp, parts, None, console).total
+    if (path / "run.json").is_file():
+        console.info(f"note: {path} already holds a run; {stage} would need --resume or --overwrite")
+    else:
+        RunDir.check(path, "new")
     summary = {"stage": stage, "run_dir": str(path), "data": data_info(exp, parts.data),
                "model": model_info(exp, parts.model), "steps": steps, "device": str(parts.device),
                "monitor": parts.monitor}
@@ -175,6 +178,9 @@ def build_data(exp: Experiment) -> DataBundle:
     check_bundle(data, exp.data.name)
     check_split(data, exp.eval.split)
     if exp.data.per_class and "train" in data.splits:
+        if data.task not in ("multiclass", "binary"):
+            raise ConfigError([f"data.per_class: k examples per class needs single-label classes, but the data is "
+                               f"{data.task}; remove data.per_class (or subsample the data itself)"])
         train = data.split("train")
         index = select_per_class(train.y, exp.data.per_class, exp.seed, data.class_names)
         data.splits["train"] = train.subset(index)
@@ -270,29 +276,38 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
     if opts.resume and (run.path / "config.yaml").is_file():
         state = restore_training(run, exp, trainer.engine, console)
         if state is None:
-            return _report_of_completed(run, console)
+            return report_of_completed(run, console)
     started = distributed.on_main(lambda: start_run(run, stage, exp, parts, opts, lineage,
                                                     resumed_at=state.step if opts.resume else None))
     run.update_run(strategy={"name": exp.transfer.strategy, "phases": phases_summary(trainer.plan)})
     console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {trainer.total} steps on "
                  f"{parts.device}; run dir {path}")
-    tic = time.perf_counter()
     try:
+        tic = time.perf_counter()
         trainer.fit(train, val, state)
-    except BaseException as exc:
-        _record_stop(run, state, exc)
+        train_seconds = time.perf_counter() - tic
+        report = _final_report(stage, exp, parts, run, trainer, state, started, lineage, opts, train_seconds)
+    except BaseException as exc:  # also a failure while evaluating or reporting: never left "running"
+        record_stop(run, state, exc)
         raise
     finally:
         trainer.close()
-    train_seconds = time.perf_counter() - tic
+    console.show(headline_table(report))
+    return report
+
+
+def _final_report(stage: str, exp: Experiment, parts: Parts, run: RunDir, trainer: Trainer, state: TrainState,
+                  started: dict, lineage: dict, opts: RunOptions, train_seconds: float) -> dict:
+    """Evaluate the best weights on val and the eval split; write report.json/md and plots."""
     if state.stop_reason:
-        console.info(state.stop_reason)
+        trainer.console.info(state.stop_reason)
     if trainer.lora:
         from transfer_cli.models.lora import merge_lora
 
         merge_lora(parts.model)
     checkpoint = _load_best(run, parts.model)
     tic = time.perf_counter()
+    val = parts.data.splits.get("val")
     reported = (["val"] if val is not None else []) + ([exp.eval.split] if exp.eval.split != "val" else [])
     results = {name: parts.evaluator.run(parts.data.split(name), detailed=True) for name in reported}
     steps_run = state.step - (started.get("resumed_at") or 0)
@@ -301,12 +316,11 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
     if trainer.cache_seconds:
         timings["feature_cache_seconds"] = round(trainer.cache_seconds, 3)
     report = make_report(stage, exp, parts, results, lineage, timings, opts, checkpoint, state.stop_reason)
-    finish_run(run, report, started, console)
-    console.show(headline_table(report))
+    finish_run(run, report, trainer.console)
     return report
 
 
-def _record_stop(run: RunDir, state: TrainState, exc: BaseException) -> None:
+def record_stop(run: RunDir, state: Optional[TrainState], exc: BaseException) -> None:
     """run.json after a stop: interrupted or failed. Best effort: when the disk is full this
     write fails too, and the original error is the one to report."""
     fields: dict[str, Any] = {"status": "interrupted"}
@@ -314,7 +328,9 @@ def _record_stop(run: RunDir, state: TrainState, exc: BaseException) -> None:
         error = str(exc) if isinstance(exc, TransferError) else f"{type(exc).__name__}: {exc}"
         fields = {"status": "failed", "error": error}
     try:
-        run.update_run(ended_at=now(), step=state.step, **fields)
+        if state is not None:
+            fields["step"] = state.step
+        run.update_run(ended_at=now(), **fields)
     except OSError:
         pass
 
@@ -336,7 +352,7 @@ def _load_best(run: RunDir, model: nn.Module) -> dict:
     return checkpoint
 
 
-def _report_of_completed(run: RunDir, console: Console) -> dict:
+def report_of_completed(run: RunDir, console: Console) -> dict:
     import json
 
     console.info(f"{run.path} is already completed; nothing to resume")
@@ -365,7 +381,7 @@ def start_run(run: RunDir, stage: str, exp: Experiment, parts: Optional[Parts], 
     return info
 
 
-def finish_run(run: RunDir, report: dict, started: dict, console: Optional[Console] = None) -> None:
+def finish_run(run: RunDir, report: dict, console: Optional[Console] = None) -> None:
     write_report(run, report, console)
     run.update_run(status="completed", ended_at=now())
 

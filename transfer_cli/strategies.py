@@ -66,8 +66,14 @@ def trainable_in(model: TransferModel, groups: list[str], cfg: TransferConfig, e
 
 
 def build_plan(model: TransferModel, cfg: TransferConfig, steps_per_epoch: int, total_steps: int,
-               make_schedule: Callable[[int], Schedule], lora_names: set[str] = frozenset()) -> list[Phase]:
-    """The phases of training for `cfg.strategy` (the scratch baseline uses the default config)."""
+               make_schedule: Callable[[int], Schedule], lora_names: set[str] = frozenset(),
+               compress: bool = False) -> list[Phase]:
+    """The phases of training for `cfg.strategy` (the scratch baseline uses the default config).
+    `compress` (smoke runs): phases start one step apart so that each runs within a tiny budget."""
+    check_freeze_patterns(model, cfg.freeze)
+    if compress:
+        steps_per_epoch = 1
+        cfg = cfg.model_copy(update={"probe_epochs": 1, "unfreeze_every": 1})
     everything = ["backbone", "head"]
     if cfg.strategy == "full":
         phases = [("full", 0, everything)]
@@ -96,6 +102,16 @@ def build_plan(model: TransferModel, cfg: TransferConfig, steps_per_epoch: int, 
         raise ConfigError([f"transfer.freeze: nothing is left to train in phase '{plan[0].name}' "
                            f"(freeze patterns {cfg.freeze})"])
     return plan
+
+
+def check_freeze_patterns(model: nn.Module, patterns: list[str]) -> None:
+    """A freeze glob that matches no parameter is a typo, not a no-op."""
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise ConfigError([f"transfer.freeze: {p!r} matches no parameter; parameter names look like "
+                           f"{', '.join(names[:3])}, ... (e.g. 'backbone.{names[0].split('.')[1]}.*')"
+                           for p in unmatched])
 
 
 def phase_at(plan: list[Phase], step: int) -> Phase:

@@ -33,7 +33,7 @@ def engine_config(exp: Experiment, monitor: str, higher_is_better: bool, smoke: 
         epochs=1 if smoke else train.epochs, batch_size=exp.data.batch_size,
         max_steps=min(train.max_steps or SMOKE_STEPS, SMOKE_STEPS) if smoke else train.max_steps,
         grad_accum=train.grad_accum, clip_grad_norm=train.clip_grad_norm, precision=train.precision,
-        eval_every_steps=None if smoke else train.eval_every_steps, log_every_steps=train.log_every_steps,
+        eval_every_steps=None if smoke else train.eval_every_steps,
         monitor=monitor, monitor_higher_is_better=higher_is_better,
         monitor_min_delta=train.early_stopping.min_delta, seed=exp.seed,
     )
@@ -57,7 +57,8 @@ class Trainer:
             return SCHEDULES.build(exp.schedule.name, exp.schedule.params,
                                    warmup_steps=exp.schedule.warmup_steps, total_steps=length)
 
-        self.plan = build_plan(self.model, exp.transfer, steps_per_epoch, self.total, make_schedule, lora_names)
+        self.plan = build_plan(self.model, exp.transfer, steps_per_epoch, self.total, make_schedule, lora_names,
+                               compress=smoke)
         self.cached = self._cache_decision(train)
         self.cache_seconds = 0.0
         check_channels_last(exp.train.channels_last, parts.data.input_shape)
@@ -69,13 +70,18 @@ class Trainer:
         trains_ever = set().union(*(phase.trainable for phase in self.plan))
         scales = lr_scales(self.model.layer_group_names(), exp.transfer.backbone_lr_mult, exp.transfer.layer_decay)
         groups = param_groups(self.model, exp.optim.lr, exp.optim.weight_decay, scales, include=trains_ever.__contains__)
-        self.optimizer = OPTIMIZERS.build(exp.optim.name, exp.optim.params, groups=groups, lr=exp.optim.lr)
+        try:
+            self.optimizer = OPTIMIZERS.build(exp.optim.name, exp.optim.params, groups=groups, lr=exp.optim.lr)
+        except ValueError as exc:  # torch's own checks of combinations (e.g. nesterov without momentum)
+            raise ConfigError([f"optim.params: {exc} (optimizer '{exp.optim.name}')"]) from None
+        # order matters: the phase tags the record and early stopping marks the state before the
+        # record is logged and the checkpoint saved, so a resumed run sees the same decision
         self.callbacks: list = [PhaseController(self.plan, self.model, exp.transfer.bn, console)]
+        if exp.train.early_stopping.patience:
+            self.callbacks.append(EarlyStopping(exp.train.early_stopping.patience, parts.monitor))
         if run is not None:
             self.callbacks += [MetricsLog(run), Checkpointer(run, exp.train.keep_last, parts.monitor,
                                                              self.export_weights, self.resume_state)]
-        if exp.train.early_stopping.patience:
-            self.callbacks.append(EarlyStopping(exp.train.early_stopping.patience, parts.monitor))
         self.progress = ConsoleProgress(console, self.total, None if cfg.max_steps else cfg.epochs,
                                         parts.monitor, label)
         self.callbacks.append(self.progress)
@@ -129,7 +135,11 @@ class Trainer:
                 cache = self._features(train, val)
                 self.cache_seconds = time.perf_counter() - tic
                 self.console.info(f"features cached: the backbone ran once over {len(train)} training samples")
-            self._head_engine().fit(cache["train"], cache.get("val"), state, until=end)
+            head = self._head_engine()
+            try:
+                head.fit(cache["train"], cache.get("val"), state, until=end)
+            finally:
+                self.engine.continue_from(head)  # the running loss goes on into the next phase
         return state
 
     def _segments(self) -> list[tuple[bool, int]]:
@@ -153,7 +163,7 @@ class Trainer:
         evaluator = self.parts.evaluator.for_model(self.model.head)
         engine = Engine(self.model.head, self.optimizer, self.engine.schedule, self.parts.loss, evaluator,
                         self.parts.device, self.engine.cfg, self.callbacks)
-        engine.scaler = self.engine.scaler
+        engine.continue_from(self.engine)
         return engine
 
     def close(self) -> None:

@@ -81,7 +81,6 @@ class TrainConfig(Section):
                                    description="default: val/accuracy (classification), val/loss (regression)")
     monitor_mode: Literal["auto", "max", "min"] = "auto"
     eval_every_steps: Optional[int] = Field(None, ge=1, description="default: once per epoch")
-    log_every_steps: Optional[int] = Field(None, ge=1)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     keep_last: int = Field(1, ge=1, description="step checkpoints kept besides best")
 
@@ -138,7 +137,15 @@ class TransferConfig(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     cache_features: Union[Literal["auto"], bool] = "auto"
     baseline: Literal["none", "scratch"] = "none"
-    seeds: Optional[list[int]] = Field(None, min_length=1, description="repeat the finetune over these seeds")
+    seeds: Optional[list[Annotated[int, Field(ge=0)]]] = Field(None, min_length=1,
+                                                               description="repeat the finetune over these seeds")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: Optional[list[int]]) -> Optional[list[int]]:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError("each seed may appear only once")
+        return seeds
 
 
 class Experiment(Section):

@@ -100,7 +100,7 @@ def _describe(err: dict, model: type[BaseModel], loc: Loc) -> str:
         return f"unknown key{hint}{allowed}"
     if kind == "missing":
         return "required key is missing"
-    message = err["msg"]
+    message = err["msg"].removeprefix("Value error, ")
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", ""))
         message += did_you_mean(str(err.get("input")), choices)

@@ -42,6 +42,10 @@ class TransferModel(nn.Module):
     def layer_groups(self) -> list[nn.Module]:
         return [self.get_submodule(name) for name in self.layer_group_names()]
 
+    def reinitialize_pretrained(self) -> None:
+        """Replace weights the architecture loaded by itself with a random initialisation (for
+        the scratch baseline). Our own architectures start random: nothing to do."""
+
     def pretrained_lineage(self) -> dict | None:
         """Where the weights come from when the architecture loads pretrained weights by itself
         (e.g. `hf_encoder`): path, weights file and sha256. None: randomly initialised."""

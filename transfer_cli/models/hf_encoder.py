@@ -70,6 +70,18 @@ class HFEncoderModel(TransferModel):
         super().__init__(backbone, backbone.encoder.config.hidden_size, num_outputs, groups)
         self.directory = directory
 
+    def reinitialize_pretrained(self) -> None:
+        """The same architecture, randomly initialised (seeded by the global torch seed)."""
+        import transformers
+
+        old = self.backbone.encoder
+        fresh = transformers.AutoModel.from_config(old.config).to(dtype=torch.float32,
+                                                                 device=next(old.parameters()).device)
+        if getattr(fresh, "pooler", None) is not None:
+            fresh.pooler = None
+        self.backbone.encoder = fresh
+        self.directory = None
+
     def pretrained_lineage(self) -> dict:
         from transfer_cli.transfer import sha256_of
 

@@ -71,9 +71,10 @@ def test_freeze_globs_on_top_of_the_strategy(pretrained: Path, capsys: pytest.Ca
 
 def test_lp_ft_probes_then_trains_everything(pretrained: Path) -> None:
     run = finetune("transfer.strategy=lp_ft", "transfer.probe_epochs=1", "train.epochs=2", "train.keep_last=5",
-                   "transfer.cache_features=false")
+                   "transfer.cache_features=false", "transfer.backbone_lr_mult=0.1", "optim.lr=0.01")
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["phase"] for r in records] == ["probe", "finetune"]
+    assert [r["lr"] for r in records] == [0.01, 0.01]  # the head's LR, not a backbone group's (0.001)
     probe_end = load_file(str(run / "checkpoints" / f"step-{records[0]['step']:08d}" / "model.safetensors"))
     before, after = weights(pretrained), weights(run, "last")
     assert not changed(before, probe_end, "backbone.")

@@ -240,11 +240,18 @@ class Engine:
                          f"earlier checkpoints are intact. Try a lower optim.lr, train.clip_grad_norm, "
                          f"or train.precision: fp32")
 
+    def _head_lr(self) -> float:
+        """The LR logged: the head's (the configured optim.lr under the schedule), not that of
+        whichever group comes first, which may be a backbone group scaled down or frozen."""
+        groups = self.optimizer.param_groups
+        heads = [g for g in groups if any(name.startswith("head.") for name in g.get("names", ()))]
+        return max(g["lr"] for g in heads) if heads else groups[0]["lr"]
+
     # ---- evaluation --------------------------------------------------------------------------
     def _eval_point(self, val: Optional[TensorSplit], state: TrainState) -> None:
         epochs_done = state.epoch + state.batch / max(self._batches_per_epoch, 1)
         record: dict[str, Any] = {"step": state.step, "epoch": round(epochs_done, 3), "time": time.time(),
-                                  "lr": self.optimizer.param_groups[0]["lr"]}
+                                  "lr": self._head_lr()}
         loss_sum, count = self._train_loss_totals()
         if count:
             record["train/loss"] = loss_sum / count

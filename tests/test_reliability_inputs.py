@@ -198,6 +198,9 @@ def test_05_run_dirs_are_never_clobbered(tiny: Path, monkeypatch: pytest.MonkeyP
     _refused(evaluate, "already exists")
     other = run_cli("pretrain", "configs/tiny/pretrain.yaml", "--set", "train.epochs=2", "--resume")
     assert other.exit_code == 2 and "the config differs" in other.stderr
+    # a full run is not continued as a smoke run (nor the reverse)
+    smoke = run_cli("pretrain", "configs/tiny/pretrain.yaml", "--resume", "--smoke")
+    assert smoke.exit_code == 2 and "it was started without --smoke; resume it without --smoke" in smoke.stderr
     assert tree_digest(run) == before
     # an interrupted run is not silently resumed either
     info = json.loads((run / "run.json").read_text())

@@ -110,7 +110,7 @@ def over_seeds(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     seeds = list(exp.transfer.seeds)
     exp.run_dir = str(path.absolute())
     if opts.resume:  # same rules as a single run: the same config, and a completed run stays as it is
-        check_same_config(run, exp)
+        check_same_config(run, exp, opts.smoke)
         if run.read_run().get("status") == "completed":
             return report_of_completed(run, console)
     header = make_report_header("finetune", exp, opts)

@@ -17,7 +17,8 @@ from transfer_cli.rundir import RunDir
 from transfer_cli.seeding import set_rng_state
 
 
-def restore_training(run: RunDir, exp: Experiment, engine: Engine, console: Console) -> Optional[TrainState]:
+def restore_training(run: RunDir, exp: Experiment, engine: Engine, console: Console,
+                     smoke: bool = False) -> Optional[TrainState]:
     """Load weights, optimizer, scaler, RNG and counters from the newest usable checkpoint.
 
     Returns None when the run already completed. A checkpoint that fails its integrity check
@@ -29,7 +30,7 @@ def restore_training(run: RunDir, exp: Experiment, engine: Engine, console: Cons
     several = distributed.world().is_distributed
     # under torchrun rank 0 chooses the checkpoint and repairs the run dir, then every rank loads
     # what it sent (loading into an FSDP model is a collective operation)
-    restored = distributed.on_main(lambda: _restore(run, exp, engine, console, load=not several))
+    restored = distributed.on_main(lambda: _restore(run, exp, engine, console, smoke, load=not several))
     if restored is None:
         return None
     train_state, state = restored
@@ -52,12 +53,12 @@ def _restore_rank_state(state: dict, engine: Engine, console: Console) -> None:
     engine.load_local_state(ranks[world.rank])
 
 
-def _restore(run: RunDir, exp: Experiment, engine: Engine, console: Console,
+def _restore(run: RunDir, exp: Experiment, engine: Engine, console: Console, smoke: bool,
              load: bool) -> Optional[tuple[TrainState, Optional[dict]]]:
     """On rank 0 (or alone): (train state, the checkpoint's state with its weights, or None when
     there is no checkpoint yet), or None when the run completed. `load`: into this process's
     engine too (alone), which also proves the checkpoint fits the model."""
-    check_same_config(run, exp)
+    check_same_config(run, exp, smoke)
     if run.read_run().get("status") == "completed":
         return None
     for path in reversed(ckpt.complete_checkpoints(run.checkpoints)):
@@ -110,8 +111,14 @@ def _repair_aliases(run: RunDir, resumed: Path, state: TrainState) -> None:
     ckpt.point(run.checkpoints, "best", best if ckpt.is_complete(best) else resumed)
 
 
-def check_same_config(run: RunDir, exp: Experiment) -> None:
-    """Resuming with another config would silently mix two experiments: refuse and say where."""
+def check_same_config(run: RunDir, exp: Experiment, smoke: bool = False) -> None:
+    """Resuming with another config (or a --smoke run without --smoke, or the reverse) would
+    silently mix two experiments: refuse and say where."""
+    started_smoke = bool(run.read_run().get("smoke", False))
+    if started_smoke != smoke:
+        flag = "with" if started_smoke else "without"
+        raise RunDirError(f"cannot resume {run.path}: it was started {flag} --smoke; resume it {flag} --smoke, "
+                          f"or start a new run (--run-dir / --overwrite)")
     try:
         stored = run.read_config()
     except (OSError, ValueError) as exc:

@@ -274,7 +274,7 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
     exp.run_dir = str(path.absolute())
     state = TrainState()
     if opts.resume and (run.path / "config.yaml").is_file():
-        state = restore_training(run, exp, trainer.engine, console)
+        state = restore_training(run, exp, trainer.engine, console, opts.smoke)
         if state is None:
             return report_of_completed(run, console)
     started = distributed.on_main(lambda: start_run(run, stage, exp, parts, opts, lineage,

@@ -121,3 +121,26 @@ def test_07_chaos_script_reports_identical(tmp_path: Path) -> None:
                             env={**ENV, "CHAOS_SEED": "7"}, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "VERDICT: IDENTICAL" in result.stdout and "kill -9 #1," in result.stdout
+
+
+def test_a_run_being_written_is_not_resumed_or_overwritten_by_another_command(tiny: Path) -> None:
+    from conftest import tree_digest
+
+    run = tiny / "runs" / "busy"
+    writer = start_cli(["pretrain", CONFIG, *KILLABLE, "--run-dir", "runs/busy"], tiny, quiet=True)
+    try:
+        wait_until(lambda: (run / "run.json").is_file())  # the lock is taken before the dir appears
+        writer.send_signal(signal.SIGSTOP)  # hold it still while the other commands try
+        before = tree_digest(run)
+        for flag in ("--resume", "--overwrite"):
+            other = run_cli("pretrain", CONFIG, *KILLABLE, "--run-dir", "runs/busy", flag)
+            assert other.exit_code == 2, other.output
+            assert "error: run dir runs/busy is in use by another transfer command" in other.stderr
+        assert tree_digest(run) == before
+    finally:
+        writer.send_signal(signal.SIGCONT)
+    assert writer.wait(timeout=300) == 0, writer.stderr.read() if writer.stderr else ""
+    assert read_json(run / "run.json")["status"] == "completed"
+    # the lock ends with the command: now the run can be resumed (it is complete: nothing to do)
+    again = run_cli("pretrain", CONFIG, *KILLABLE, "--run-dir", "runs/busy", "--resume")
+    assert again.exit_code == 0 and "already completed" in again.stderr + again.stdout

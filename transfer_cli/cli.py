@@ -56,6 +56,7 @@ def _execute(action: Callable[[Any], Any], json_mode: bool, quiet: bool, debug: 
     from transfer_cli.console import Console
 
     from transfer_cli.distributed import shutdown, world
+    from transfer_cli.runlock import release_all
 
     console = Console(quiet=quiet, json_mode=json_mode)
     rank = f"[rank {world().rank}] " if not world().is_main else ""  # under torchrun, where an error came from
@@ -85,6 +86,7 @@ def _execute(action: Callable[[Any], Any], json_mode: bool, quiet: bool, debug: 
                   file=sys.stderr)
         raise typer.Exit(1) from None
     finally:
+        release_all()
         shutdown()
     if json_mode and world().is_main:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")

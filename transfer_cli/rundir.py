@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from transfer_cli import runlock
 from transfer_cli.errors import RunDirError
 
 Mode = Literal["new", "overwrite", "resume"]
@@ -78,6 +79,8 @@ class RunDir:
             raise RunDirError(f"refusing to overwrite {path}: it is not a run directory (no run.json)")
         if mode == "resume" and not run.run_file.is_file():
             raise RunDirError(f"cannot resume {path}: it is not a run directory (no run.json); drop --resume")
+        if has_content and run.writable:  # a run another command is still writing is not touched
+            runlock.hold(path)
         _check_writable(path, needed_bytes)
         return run
 
@@ -92,6 +95,7 @@ class RunDir:
         if not self.writable:
             return
         if mode == "resume" and self.path.is_dir():
+            runlock.hold(self.path, create=True)  # a run dir from before lock files existed
             for name, text in files.items():
                 write_atomic(self.path / name, text)
             return
@@ -104,6 +108,7 @@ class RunDir:
                 (staging / "checkpoints").mkdir()
             for name, text in files.items():
                 write_atomic(staging / name, text)
+            runlock.create_in(staging, self.path)
             old = self._replace_with(staging, overwrite=mode == "overwrite")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -140,3 +140,20 @@ def test_batch_norm_would_get_one_sample_per_process(monkeypatch: pytest.MonkeyP
     exp.data.batch_size = 6
     with pytest.raises(ConfigError, match="6 samples per batch cannot be split evenly over 4 processes"):
         stages.check_distributed(exp, data, model, evaluating=False, opts=stages.RunOptions())
+
+
+def test_nproc_exits_with_the_code_of_the_rank_that_failed_first(tmp_path: Path) -> None:
+    # rank 1 fails on its own (as on a bad sample only its shard holds) while rank 0 waits for it;
+    # the launcher then stops rank 0 with SIGTERM: the exit code must be rank 1's 2, not rank 0's 143
+    fake = tmp_path / "transfer_cli"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text("import os, sys, time\n"
+                                      "if os.environ['RANK'] == '1':\n    sys.exit(2)\n"
+                                      "time.sleep(60)\n")
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+              "from transfer_cli.launch import launch\nprint(launch(2, []))\n")
+    # the workers import the stand-in package (first on their PYTHONPATH); the parent the real launcher
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**ENV, "PYTHONPATH": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "2", done.stdout + done.stderr

@@ -157,3 +157,29 @@ def test_nproc_exits_with_the_code_of_the_rank_that_failed_first(tmp_path: Path)
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**ENV, "PYTHONPATH": str(tmp_path)},
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "2", done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_ddp_resume_needs_no_shared_file_system(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    # two "machines": rank 0 works in `tiny`, which holds the run; rank 1 in a copy of the configs
+    # alone. Each rank deciding for itself whether there is a run to resume sent them into
+    # different collectives: the resume hung.
+    other = tmp_path_factory.mktemp("other-machine")
+    subprocess.run(["cp", "-r", str(tiny / "configs"), str(other)], check=True)
+    wrapper = other / "per_rank.py"
+    wrapper.write_text(f"import os, runpy, sys\nos.chdir({str(tiny)!r} if os.environ['RANK'] == '0' else {str(other)!r})\n"
+                       "sys.argv = ['transfer_cli'] + sys.argv[1:]\nrunpy.run_module('transfer_cli', run_name='__main__')\n")
+
+    def torchrun(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               str(wrapper), "pretrain", CONFIG, *args], cwd=tiny, env=ENV, capture_output=True,
+                              text=True, timeout=240)
+
+    done = torchrun("--run-dir", "runs/ddp")
+    assert done.returncode == 0, done.stderr
+    resumed = copy_run(tiny / "runs" / "ddp", tiny / "runs" / "resumed")
+    rewind(resumed, 7)
+    done = torchrun("--run-dir", "runs/resumed", "--resume")
+    assert done.returncode == 0, done.stderr
+    assert_same_run(tiny / "runs" / "ddp", resumed)
+    assert sorted(p.name for p in other.iterdir()) == ["configs", "per_rank.py"]  # rank 1 wrote nothing

@@ -60,6 +60,14 @@ def test_ddp_two_processes_write_one_run_whose_report_equals_a_single_process_ev
     assert "from step 7 " in done.stdout
     assert_same_run(run, resumed)
 
+    # resumed in one process: it continues, and says that it is no longer the same run bit for bit
+    alone = copy_run(run, tiny / "runs" / "alone")
+    rewind(alone, 7)
+    result = run_cli("pretrain", CONFIG, "--run-dir", "runs/alone", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "the checkpoint was written by 2 process(es), this run has 1" in result.stderr
+    assert read_json(alone / "run.json")["status"] == "completed"
+
 
 @pytest.mark.slow
 def test_fsdp_shards_the_model_and_reports_like_a_single_process_evaluation(tiny: Path) -> None:

@@ -60,6 +60,14 @@ def test_ddp_two_processes_write_one_run_whose_report_equals_a_single_process_ev
     assert "from step 7 " in done.stdout
     assert_same_run(run, resumed)
 
+    # resumed in one process: it continues, and says that it is no longer the same run bit for bit
+    alone = copy_run(run, tiny / "runs" / "alone")
+    rewind(alone, 7)
+    result = run_cli("pretrain", CONFIG, "--run-dir", "runs/alone", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "the checkpoint was written by 2 process(es), this run has 1" in result.stderr
+    assert read_json(alone / "run.json")["status"] == "completed"
+
 
 @pytest.mark.slow
 def test_fsdp_shards_the_model_and_reports_like_a_single_process_evaluation(tiny: Path) -> None:
@@ -140,3 +148,46 @@ def test_batch_norm_would_get_one_sample_per_process(monkeypatch: pytest.MonkeyP
     exp.data.batch_size = 6
     with pytest.raises(ConfigError, match="6 samples per batch cannot be split evenly over 4 processes"):
         stages.check_distributed(exp, data, model, evaluating=False, opts=stages.RunOptions())
+
+
+def test_nproc_exits_with_the_code_of_the_rank_that_failed_first(tmp_path: Path) -> None:
+    # rank 1 fails on its own (as on a bad sample only its shard holds) while rank 0 waits for it;
+    # the launcher then stops rank 0 with SIGTERM: the exit code must be rank 1's 2, not rank 0's 143
+    fake = tmp_path / "transfer_cli"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text("import os, sys, time\n"
+                                      "if os.environ['RANK'] == '1':\n    sys.exit(2)\n"
+                                      "time.sleep(60)\n")
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+              "from transfer_cli.launch import launch\nprint(launch(2, []))\n")
+    # the workers import the stand-in package (first on their PYTHONPATH); the parent the real launcher
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**ENV, "PYTHONPATH": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "2", done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_ddp_resume_needs_no_shared_file_system(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    # two "machines": rank 0 works in `tiny`, which holds the run; rank 1 in a copy of the configs
+    # alone. Each rank deciding for itself whether there is a run to resume sent them into
+    # different collectives: the resume hung.
+    other = tmp_path_factory.mktemp("other-machine")
+    subprocess.run(["cp", "-r", str(tiny / "configs"), str(other)], check=True)
+    wrapper = other / "per_rank.py"
+    wrapper.write_text(f"import os, runpy, sys\nos.chdir({str(tiny)!r} if os.environ['RANK'] == '0' else {str(other)!r})\n"
+                       "sys.argv = ['transfer_cli'] + sys.argv[1:]\nrunpy.run_module('transfer_cli', run_name='__main__')\n")
+
+    def torchrun(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               str(wrapper), "pretrain", CONFIG, *args], cwd=tiny, env=ENV, capture_output=True,
+                              text=True, timeout=240)
+
+    done = torchrun("--run-dir", "runs/ddp")
+    assert done.returncode == 0, done.stderr
+    resumed = copy_run(tiny / "runs" / "ddp", tiny / "runs" / "resumed")
+    rewind(resumed, 7)
+    done = torchrun("--run-dir", "runs/resumed", "--resume")
+    assert done.returncode == 0, done.stderr
+    assert_same_run(tiny / "runs" / "ddp", resumed)
+    assert sorted(p.name for p in other.iterdir()) == ["configs", "per_rank.py"]  # rank 1 wrote nothing

@@ -68,7 +68,7 @@ def with_baseline(exp: Experiment, opts: RunOptions, console: Console, report: d
     base_exp.transfer = TransferConfig()
     base_dir = run.path / "baseline"
     base_opts = replace(opts, run_dir=str(base_dir), config_path=None, overwrite=False,
-                        resume=opts.resume and base_dir.exists())
+                        resume=opts.resume and distributed.on_main(base_dir.exists))
     console.info(f"baseline: the same model from scratch -> {base_dir}")
     parts = build_parts(base_exp, base_opts)
     parts.model.reinitialize_pretrained()  # e.g. an hf_encoder: its own pretrained weights are not scratch
@@ -110,8 +110,11 @@ def over_seeds(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     seeds = list(exp.transfer.seeds)
     exp.run_dir = str(path.absolute())
     if opts.resume:  # same rules as a single run: the same config, and a completed run stays as it is
-        check_same_config(run, exp, opts.smoke)
-        if run.read_run().get("status") == "completed":
+        def completed() -> bool:  # by rank 0: under torchrun the other machines may not see the run directory
+            check_same_config(run, exp, opts.smoke)
+            return run.read_run().get("status") == "completed"
+
+        if distributed.on_main(completed):
             return report_of_completed(run, console)
     header = make_report_header("finetune", exp, opts)
     distributed.on_main(lambda: start_run(run, "finetune", exp, None, opts,
@@ -142,7 +145,7 @@ def _seed_run(exp: Experiment, opts: RunOptions, seed: int, parent: Path) -> tup
     child.transfer.seeds = None
     child_dir = parent / f"seed-{seed}"
     return child, replace(opts, run_dir=str(child_dir), config_path=None, overwrite=False,
-                          resume=opts.resume and child_dir.exists())
+                          resume=opts.resume and distributed.on_main(child_dir.exists))
 
 
 def aggregate(reports: list[dict], seeds: list[int]) -> dict:

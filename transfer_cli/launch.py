@@ -11,8 +11,8 @@ import uuid
 
 
 def launch(nproc: int, args: list[str]) -> int:
-    """Run `python -m transfer_cli ARGS` in `nproc` processes; return the exit code of rank 0, or of
-    the first rank that failed (0 when all succeeded). The workers print their own errors."""
+    """Run `python -m transfer_cli ARGS` in `nproc` processes; return the exit code of the first rank
+    that failed (0 when all succeeded). The workers print their own errors."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -25,8 +25,9 @@ def launch(nproc: int, args: list[str]) -> int:
     try:
         elastic_launch(config, sys.executable)("-m", "transfer_cli", *args)
     except ChildFailedError as exc:
-        rank = 0 if 0 in exc.failures else min(exc.failures)
-        code = exc.failures[rank].exitcode
+        # the first failure is the cause: once a rank fails the launcher stops the others (SIGTERM),
+        # and their exit codes (143, or a broken collective's 1) would hide its code
+        code = exc.get_first_failure()[1].exitcode
         return 128 - code if code < 0 else code  # killed by signal N: -N, as a shell reports it: 128 + N
     except SignalException as exc:
         return 128 + int(exc.sigval)

@@ -45,12 +45,19 @@ def _restore_rank_state(state: dict, engine: Engine, console: Console) -> None:
     """This rank's RNG state and running loss, saved by the same number of ranks."""
     ranks = state.get("ranks") or []
     world = distributed.world()
-    if len(ranks) != world.size:
-        console.warn(f"the checkpoint was written by {len(ranks) or 1} process(es), this run has {world.size}: "
-                     f"training continues, but not bit for bit as the original run would have")
+    if not _same_process_count(state, console):
         return
     set_rng_state(ranks[world.rank]["rng"])
     engine.load_local_state(ranks[world.rank])
+
+
+def _same_process_count(state: dict, console: Console) -> bool:
+    """Whether the checkpoint was written by as many processes as this run has; warns if not."""
+    written, size = len(state.get("ranks") or []) or 1, distributed.world().size
+    if written != size:
+        console.warn(f"the checkpoint was written by {written} process(es), this run has {size}: "
+                     f"training continues, but not bit for bit as the original run would have")
+    return written == size
 
 
 def _restore(run: RunDir, exp: Experiment, engine: Engine, console: Console, smoke: bool,
@@ -78,6 +85,7 @@ def _restore(run: RunDir, exp: Experiment, engine: Engine, console: Console, smo
             continue
         if load:
             set_rng_state(state["rng"])
+            _same_process_count(state, console)
         run.truncate_metrics(state["metrics_size"])
         _repair_aliases(run, path, train_state)
         console.info(f"resuming {run.path} from step {train_state.step} ({path.name})")

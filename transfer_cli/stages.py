@@ -273,7 +273,8 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
     trainer = Trainer(exp, parts, run, console, smoke=opts.smoke, label=stage)
     exp.run_dir = str(path.absolute())
     state = TrainState()
-    if opts.resume and (run.path / "config.yaml").is_file():
+    # rank 0 looks (under torchrun the other machines may not see the run directory)
+    if opts.resume and distributed.on_main((run.path / "config.yaml").is_file):
         state = restore_training(run, exp, trainer.engine, console, opts.smoke)
         if state is None:
             return report_of_completed(run, console)

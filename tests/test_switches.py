@@ -112,3 +112,18 @@ def test_accumulating_two_batches_of_b_is_one_batch_of_2b(tiny) -> None:
     logs = {name: read_jsonl(tiny / "runs" / name / "metrics.jsonl")[-1] for name in ("big", "accumulated")}
     assert logs["big"]["step"] == logs["accumulated"]["step"] == 3
     assert logs["accumulated"]["train/loss"] == pytest.approx(logs["big"]["train/loss"], rel=1e-6)
+
+
+def test_a_short_last_accumulation_group_is_not_scaled_down(tiny) -> None:
+    # 200 samples: 13 batches of 16 (the last of 8), so with grad_accum 2 the epoch's last step
+    # has one micro-batch; it must count fully, as the last batch of 8 does with batches of 32
+    same = ("--set", "model={name: mlp, params: {hidden: [32], norm: layer}}", "--set", "optim={name: sgd, lr: 0.2}",
+            "--set", "train.epochs=1")
+    for name, batch, accum in (("accumulated", 16, 2), ("big", 32, 1)):
+        result = run_cli("pretrain", CONFIG, *same, "--set", f"data.batch_size={batch}",
+                         "--set", f"train.grad_accum={accum}", "--run-dir", f"runs/{name}")
+        assert result.exit_code == 0, result.output
+        assert read_jsonl(tiny / "runs" / name / "metrics.jsonl")[-1]["step"] == 7
+    big, accumulated = _weights(tiny, "big"), _weights(tiny, "accumulated")
+    for name, tensor in big.items():
+        torch.testing.assert_close(accumulated[name], tensor, rtol=1e-5, atol=1e-6)

@@ -169,7 +169,7 @@ class Engine:
             is_update = pending == self.cfg.grad_accum or state.batch == n_batches
             # under DDP gradients are exchanged in backward: only the micro-batch that completes a step needs it
             with self.step_module.no_sync(accumulating=not is_update):
-                self._forward_backward(x, y)
+                self._forward_backward(x, y, self._group_size(state.batch, n_batches))
             if not is_update:
                 continue
             pending = 0
@@ -191,11 +191,17 @@ class Engine:
                 self._eval_point(val, state)
                 self._stop_if_signalled(state, settle=True)
 
-    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        # forward and backward of one micro-batch; gradients add up over grad_accum micro-batches
+    def _group_size(self, batch: int, n_batches: int) -> int:
+        """How many micro-batches make the step that batch number `batch` (1-based) belongs to:
+        grad_accum, except for the last step of an epoch, which takes the batches left."""
+        first = (batch - 1) // self.cfg.grad_accum * self.cfg.grad_accum
+        return min(self.cfg.grad_accum, n_batches - first)
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, group_size: int) -> None:
+        # forward and backward of one micro-batch; the step's gradient is the mean over its group
         with autocast(self.device, self.cfg.precision):
             loss = self.loss_fn(self.step_module(x).float(), y)
-        averaged = loss / self.cfg.grad_accum if self.cfg.grad_accum > 1 else loss
+        averaged = loss / group_size if group_size > 1 else loss
         self.scaler.scale(averaged).backward()
         self._loss_sum += loss.detach()
         self._loss_count += 1

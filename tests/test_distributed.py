@@ -31,7 +31,8 @@ def test_ddp_two_processes_write_one_run_whose_report_equals_a_single_process_ev
     run = tiny / "runs" / "ddp"
     # rank 0 alone speaks and writes: one start line, one table, one run
     assert done.stdout.count("pretrain: data multiclass") == 1 and "rank 1" not in done.stdout + done.stderr
-    assert read_json(run / "run.json")["status"] == "completed"
+    info = read_json(run / "run.json")
+    assert info["status"] == "completed" and info["processes"] == 2 and info["distributed"] == "ddp"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "last", "step-00000007",
                                                                       "step-00000014"]
     state = ckpt.load_state(run / "checkpoints" / "step-00000007")
@@ -90,6 +91,21 @@ def test_fsdp_shards_the_model_and_reports_like_a_single_process_evaluation(tiny
                      "--run-dir", "runs/resumed", "--resume", cwd=tiny)
     assert done.returncode == 0, done.stderr
     assert_same_run(run, resumed)
+
+
+@pytest.mark.slow
+def test_ddp_finetune_over_seeds_with_baseline(tiny: Path) -> None:
+    assert run_cli("pretrain", CONFIG).exit_code == 0
+    done = _transfer("finetune", "configs/tiny/finetune.yaml", "--nproc", "2", "--init-from", "runs/pretrain",
+                     "--seeds", "0,1", "--baseline", "scratch", "--set", "train.epochs=1", "--run-dir", "runs/seeds",
+                     cwd=tiny)
+    assert done.returncode == 0, done.stderr
+    assert "rank 1" not in done.stderr
+    report = read_json(tiny / "runs" / "seeds" / "report.json")
+    assert [r["seed"] for r in report["per_seed"]] == [0, 1] and set(report["transfer_gain"]) == set(report["metrics"]["test"])
+    for seed in (0, 1):
+        for run in (f"runs/seeds/seed-{seed}", f"runs/seeds/seed-{seed}/baseline"):
+            assert read_json(tiny / run / "run.json")["status"] == "completed", run
 
 
 @pytest.mark.slow

@@ -195,7 +195,7 @@ def test_05_run_dirs_are_never_clobbered(tiny: Path, monkeypatch: pytest.MonkeyP
     _refused(again, "already exists; use --resume to continue it, --overwrite to replace it")
     evaluate = run_cli("evaluate", "configs/tiny/evaluate.yaml", "--checkpoint", "runs/pretrain",
                        "--set", "data.params.task=source", "--run-dir", "runs/pretrain")
-    _refused(evaluate, "already exists")
+    _refused(evaluate, "already exists; use --overwrite to replace it")  # evaluate has no --resume
     other = run_cli("pretrain", "configs/tiny/pretrain.yaml", "--set", "train.epochs=2", "--resume")
     assert other.exit_code == 2 and "the config differs" in other.stderr
     # a full run is not continued as a smoke run (nor the reverse)
@@ -218,8 +218,8 @@ def test_05_run_dirs_are_never_clobbered(tiny: Path, monkeypatch: pytest.MonkeyP
     # another command creates the same run dir between our check and our first write: it wins
     real_check = RunDir.check.__func__
 
-    def check_then_lose_the_race(cls, path, mode, needed_bytes=0):
-        run = real_check(cls, path, mode, needed_bytes)
+    def check_then_lose_the_race(cls, path, mode, needed_bytes=0, **options):
+        run = real_check(cls, path, mode, needed_bytes, **options)
         (path / "checkpoints").mkdir(parents=True)
         (path / "run.json").write_text("{}")
         return run

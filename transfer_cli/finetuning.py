@@ -17,8 +17,8 @@ from transfer_cli.report import headline_table, write_report
 from transfer_cli.rundir import RunDir
 from transfer_cli.resume import check_same_config
 from transfer_cli.stages import (
-    Parts, RunOptions, build_parts, check_run_dir, make_report_header, record_stop, report_of_completed, run_path,
-    start_run, train_and_report,
+    Parts, RunOptions, build_parts, check_run_dir, make_report_header, record_stop, report_of_completed,
+    resolve_device, run_path, start_run, train_and_report,
 )
 from transfer_cli.transfer import load_initial_weights
 
@@ -106,6 +106,9 @@ def gain_line(report: dict) -> str:
 def over_seeds(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     """Repeat the finetune (and baseline) per seed into `<run>/seed-N/`; report mean and std."""
     path = run_path(exp, opts, "finetune")
+    # under torchrun the ranks must be in their process group before rank 0 alone checks and
+    # creates the parent dir (otherwise each rank checks it for itself, racing rank 0)
+    distributed.init(resolve_device(exp.train.device))
     run = check_run_dir(path, opts.mode)
     seeds = list(exp.transfer.seeds)
     exp.run_dir = str(path.absolute())

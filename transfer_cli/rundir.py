@@ -65,16 +65,18 @@ class RunDir:
         self.run_file = path / "run.json"
 
     @classmethod
-    def check(cls, path: Path, mode: Mode, needed_bytes: int = 0) -> "RunDir":
-        """Refuse an unusable target before any work is done; changes nothing on disk."""
+    def check(cls, path: Path, mode: Mode, needed_bytes: int = 0, resumable: bool = True) -> "RunDir":
+        """Refuse an unusable target before any work is done; changes nothing on disk
+        (`resumable`: the command has --resume, so the refusal may suggest it)."""
         run = cls(path)
         exists = path.exists()
         if exists and not path.is_dir():
             raise RunDirError(f"run dir {path} exists and is not a directory")
         has_content = exists and any(path.iterdir())
         if mode == "new" and has_content:
-            raise RunDirError(f"run dir {path} already exists; use --resume to continue it, --overwrite to "
-                              f"replace it, or --run-dir to write elsewhere")
+            resume = "--resume to continue it, " if resumable else ""
+            raise RunDirError(f"run dir {path} already exists; use {resume}--overwrite to replace it, "
+                              f"or --run-dir to write elsewhere")
         if mode == "overwrite" and has_content and not run.run_file.is_file():
             raise RunDirError(f"refusing to overwrite {path}: it is not a run directory (no run.json)")
         if mode == "resume" and not run.run_file.is_file():

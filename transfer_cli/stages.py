@@ -91,7 +91,7 @@ def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     weights, source_run = load_exact(parts.model, exp.eval.checkpoint)
     split = parts.data.split(exp.eval.split)
     path = run_path(exp, opts, "evaluate")
-    run = check_run_dir(path, opts.mode if opts.mode != "resume" else "overwrite")
+    run = check_run_dir(path, opts.mode if opts.mode != "resume" else "overwrite", resumable=False)
     exp.run_dir = str(path.absolute())
     predictions = check_predictions_target(opts.predictions, opts.overwrite) if opts.predictions else None
     lineage = {"checkpoint": exp.eval.checkpoint, "weights": str(weights), "sha256": sha256_of(weights),
@@ -232,9 +232,9 @@ def run_path(exp: Experiment, opts: RunOptions, stage: str) -> Path:
     return Path("runs") / stage
 
 
-def check_run_dir(path: Path, mode: str, needed_bytes: int = 0) -> RunDir:
+def check_run_dir(path: Path, mode: str, needed_bytes: int = 0, resumable: bool = True) -> RunDir:
     """RunDir.check, by rank 0 under torchrun (the other ranks stop with its error)."""
-    distributed.on_main(lambda: RunDir.check(path, mode, needed_bytes) and None)  # type: ignore[arg-type]
+    distributed.on_main(lambda: RunDir.check(path, mode, needed_bytes, resumable=resumable) and None)  # type: ignore[arg-type]
     return RunDir(path)
 
 
@@ -370,6 +370,8 @@ def start_run(run: RunDir, stage: str, exp: Experiment, parts: Optional[Parts], 
         "stage": stage, "status": "running", "command": " ".join(command_line()), "cwd": str(Path.cwd()),
         "started_at": previous.get("started_at", now()), "ended_at": None, "versions": versions(),
         "seed": exp.seed, "git_commit": git_commit(), "smoke": opts.smoke, "lineage": lineage,
+        "processes": distributed.world().size,
+        "distributed": exp.train.distributed if distributed.world().is_distributed else None,
     }
     if parts is not None:
         info.update(device=device_name(parts.device), data=data_info(exp, parts.data),

@@ -207,3 +207,23 @@ def test_ddp_resume_needs_no_shared_file_system(tiny: Path, tmp_path_factory: py
     assert done.returncode == 0, done.stderr
     assert_same_run(tiny / "runs" / "ddp", resumed)
     assert sorted(p.name for p in other.iterdir()) == ["configs", "per_rank.py"]  # rank 1 wrote nothing
+
+
+def test_a_signal_while_the_ranks_exchange_after_creating_the_run_is_recorded(tiny: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # under torchrun rank 0 creates the run and then waits in a broadcast; Ctrl-C there must not
+    # leave a run that says "running"
+    from transfer_cli import stages
+
+    real_on_main = distributed.on_main
+
+    def interrupted_after(action):
+        result = real_on_main(action)
+        if isinstance(result, dict) and result.get("status") == "running":
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(stages.distributed, "on_main", interrupted_after)
+    result = run_cli("pretrain", CONFIG)
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    assert read_json(tiny / "runs" / "pretrain" / "run.json")["status"] == "interrupted"

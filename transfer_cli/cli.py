@@ -66,11 +66,13 @@ def _execute(action: Callable[[Any], Any], json_mode: bool, quiet: bool, debug: 
     except TransferError as exc:
         if debug:
             traceback.print_exc()
-        if not isinstance(exc, RaisedOnMain):  # that one rank 0 has printed
+        # rank 0 prints what it raised on every rank's behalf, and a stop by a signal (all ranks stop together)
+        if not isinstance(exc, RaisedOnMain) and not (rank and isinstance(exc, Interrupted)):
             print(f"{rank}error: {exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt as exc:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # outside the training loop, which stops with Interrupted
+        if not rank:
+            print("interrupted", file=sys.stderr)
         raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     except OSError as exc:  # the environment, not a bug: a full disk, a lost mount, a permission
         if debug:

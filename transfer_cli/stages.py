@@ -278,18 +278,25 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
         state = restore_training(run, exp, trainer.engine, console, opts.smoke)
         if state is None:
             return report_of_completed(run, console)
-    started = distributed.on_main(lambda: start_run(run, stage, exp, parts, opts, lineage,
-                                                    resumed_at=state.step if opts.resume else None))
-    run.update_run(strategy={"name": exp.transfer.strategy, "phases": phases_summary(trainer.plan)})
-    console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {trainer.total} steps on "
-                 f"{parts.device}; run dir {path}")
-    try:
+    created = []  # whether this command's run.json exists: only then a stop is recorded in it
+
+    def begin() -> dict:
+        info = start_run(run, stage, exp, parts, opts, lineage, resumed_at=state.step if opts.resume else None)
+        created.append(True)
+        return info
+
+    try:  # from the run's creation on, a stop (Ctrl-C while the ranks exchange, too) is recorded
+        started = distributed.on_main(begin)
+        run.update_run(strategy={"name": exp.transfer.strategy, "phases": phases_summary(trainer.plan)})
+        console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {trainer.total} steps "
+                     f"on {parts.device}; run dir {path}")
         tic = time.perf_counter()
         trainer.fit(train, val, state)
         train_seconds = time.perf_counter() - tic
         report = _final_report(stage, exp, parts, run, trainer, state, started, lineage, opts, train_seconds)
     except BaseException as exc:  # also a failure while evaluating or reporting: never left "running"
-        record_stop(run, state, exc)
+        if created or opts.resume:
+            record_stop(run, state, exc)
         raise
     finally:
         trainer.close()

@@ -180,3 +180,19 @@ def test_suggestions() -> None:
     assert "add_prefix: 'backbone.'" in suggest_key_map(["a.weight", "a.bias"], model)
     assert r"rename: {'^encoder\.': 'backbone.'}" in suggest_key_map(["encoder.a.weight", "encoder.a.bias"], model)
     assert suggest_key_map(["x.y", "z.w"], model) == ""
+
+
+def test_evaluate_maps_the_keys_of_a_weights_file(tiny: Path, pretrained: dict) -> None:
+    torch.save({"module." + k: v for k, v in pretrained.items()}, tiny / "ddp.pt")
+    source = ("--set", "data.params.task=source", "--set", "model={name: cnn1d, params: {channels: [8, 8], "
+              "kernel_size: 5}}", "--checkpoint", "ddp.pt", "--json")
+    refused = run_cli("evaluate", "configs/tiny/evaluate.yaml", *source, "--run-dir", "runs/refused")
+    assert refused.exit_code == 2 and "does not fit the model" in refused.stderr
+    assert "try transfer.keys.strip_prefix: ['module.']" in refused.stderr
+    mapped = run_cli("evaluate", "configs/tiny/evaluate.yaml", *source, "--set", "transfer.keys.strip_prefix=[module.]",
+                     "--run-dir", "runs/mapped")
+    assert mapped.exit_code == 0, mapped.output
+    direct = run_cli("evaluate", "configs/tiny/evaluate.yaml", "--set", "data.params.task=source",
+                     "--checkpoint", "runs/pretrain", "--json", "--run-dir", "runs/direct")
+    assert direct.exit_code == 0, direct.output
+    assert mapped.json()["metrics"]["test"] == direct.json()["metrics"]["test"]

@@ -88,7 +88,7 @@ def finetune(exp: Experiment, opts: RunOptions, console: Console) -> dict:
 
 def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     parts = build_parts(exp, opts, evaluating=True)
-    weights, source_run = load_exact(parts.model, exp.eval.checkpoint)
+    weights, source_run = load_exact(parts.model, exp.eval.checkpoint, exp.transfer.keys)
     split = parts.data.split(exp.eval.split)
     path = run_path(exp, opts, "evaluate")
     run = check_run_dir(path, opts.mode if opts.mode != "resume" else "overwrite", resumable=False)
@@ -120,7 +120,7 @@ def validate_only(exp: Experiment, stage: str, opts: RunOptions, console: Consol
     if stage == "finetune":
         prepare_model(exp, parts, console)
     if stage == "evaluate":
-        load_exact(parts.model, exp.eval.checkpoint)
+        load_exact(parts.model, exp.eval.checkpoint, exp.transfer.keys)
     path = run_path(exp, opts, stage)
     steps = 0
     if stage != "evaluate":

@@ -125,10 +125,13 @@ def _head_decision(head: str, state: dict[str, torch.Tensor], target: dict[str, 
     return True, "head left out by transfer.keys" if head_left_out else "no head in the weights"
 
 
-def load_exact(model: torch.nn.Module, ref: str) -> tuple[Path, Optional[Path]]:
-    """Load a checkpoint that must fit the model exactly (evaluation)."""
+def load_exact(model: torch.nn.Module, ref: str, keys: Optional[KeyMap] = None) -> tuple[Path, Optional[Path]]:
+    """Load a checkpoint that must fit the model exactly (evaluation). `keys` (transfer.keys)
+    maps the keys of a weights file from elsewhere; a run dir's weights are ours and need none."""
     path, run_dir = resolve_weights(ref)
     state = read_weights(path)
+    if keys is not None and run_dir is None:
+        state = map_keys(state, keys, source=str(path)).state
     target = model.state_dict()
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]
@@ -139,6 +142,7 @@ def load_exact(model: torch.nn.Module, ref: str) -> tuple[Path, Optional[Path]]:
                             (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)) if keys)
         head_differs = any(m.startswith(HEAD_PREFIX) for m in mismatched)
         hint = " (its head does not match the number of classes in the data)" if head_differs else ""
-        raise CheckpointError(f"the checkpoint {path} does not fit the model{hint}: {details}")
+        key_hint = suggest_key_map(state, target) if (missing or unexpected) and run_dir is None else ""
+        raise CheckpointError(f"the checkpoint {path} does not fit the model{hint}: {details}{key_hint}")
     model.load_state_dict(state)
     return path, run_dir

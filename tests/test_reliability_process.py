@@ -138,9 +138,10 @@ def test_a_run_being_written_is_not_resumed_or_overwritten_by_another_command(ti
             assert "error: run dir runs/busy is in use by another transfer command" in other.stderr
         assert tree_digest(run) == before
     finally:
+        writer.send_signal(signal.SIGINT)  # delivered with SIGCONT: it stops after its current step
         writer.send_signal(signal.SIGCONT)
-    assert writer.wait(timeout=300) == 0, writer.stderr.read() if writer.stderr else ""
+    assert writer.wait(timeout=300) == 130, writer.stderr.read() if writer.stderr else ""
+    # the lock ends with the command: now the run can be replaced
+    again = run_cli("pretrain", CONFIG, "--set", "train.max_steps=2", "--run-dir", "runs/busy", "--overwrite")
+    assert again.exit_code == 0, again.output
     assert read_json(run / "run.json")["status"] == "completed"
-    # the lock ends with the command: now the run can be resumed (it is complete: nothing to do)
-    again = run_cli("pretrain", CONFIG, *KILLABLE, "--run-dir", "runs/busy", "--resume")
-    assert again.exit_code == 0 and "already completed" in again.stderr + again.stdout

@@ -42,7 +42,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from transfer_cli import stages  # noqa: E402
+from transfer_cli.parts import RunOptions, build_parts  # noqa: E402
 from transfer_cli.components import registries  # noqa: E402
 from transfer_cli.config.resolve import load_experiment  # noqa: E402
 from transfer_cli.console import Console  # noqa: E402
@@ -99,7 +99,7 @@ class Setup:
         path = workdir / f"{case.name}.yaml"
         path.write_text(yaml.safe_dump(config))
         self.exp = load_experiment(path, "pretrain", [], registries())
-        self.parts = stages.build_parts(self.exp, stages.RunOptions())
+        self.parts = build_parts(self.exp, RunOptions())
         self.device = self.parts.device
         self.initial = {k: v.clone() for k, v in self.parts.model.state_dict().items()}
         self.train = self.parts.data.split("train")

@@ -30,7 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from transfer_cli import stages  # noqa: E402
+from transfer_cli.console import Console  # noqa: E402
+from transfer_cli.parts import RunOptions, build_parts, resolve_device  # noqa: E402
+from transfer_cli.training import Trainer  # noqa: E402
 from transfer_cli.components import registries  # noqa: E402
 from transfer_cli.config.resolve import load_experiment  # noqa: E402
 from transfer_cli.engine import BaseCallback, TrainState  # noqa: E402
@@ -86,11 +88,13 @@ def experiment(args: argparse.Namespace):
 
 
 def run_engine(args: argparse.Namespace, with_metrics: bool) -> dict:
+    """The Engine that `transfer pretrain` builds, with only the step timer as callback (no
+    metrics log or checkpoints: this measures the evaluations' metrics, not the disk)."""
     exp = experiment(args)
-    parts = stages.build_parts(exp, stages.RunOptions())
+    parts = build_parts(exp, RunOptions())
     if not with_metrics:
         parts.evaluator.metrics = build_metrics([], parts.context)
-    engine = stages.build_engine(exp, parts, callbacks=())
+    engine = Trainer(exp, parts, None, Console(quiet=True)).engine
     timer, evals = StepTimer(parts.device), []
     engine.callbacks = [timer]
     engine.evaluate = timed_evaluator(parts.evaluator, parts.device, evals)
@@ -105,7 +109,7 @@ def medians(pairs: list[tuple[float, float]]) -> tuple[float, float]:
 
 def run_plain(args: argparse.Namespace) -> dict:
     exp = experiment(args)
-    parts = stages.build_parts(exp, stages.RunOptions())
+    parts = build_parts(exp, RunOptions())
     model, loss_fn, device = parts.model, parts.loss, parts.device
     optimizer = torch.optim.AdamW(model.parameters(), lr=exp.optim.lr, weight_decay=exp.optim.weight_decay)
     train, times, step, epoch = parts.data.split("train"), [], 0, 0
@@ -146,7 +150,7 @@ def main() -> None:
     median = {name: {key: tuple(statistics.median(r[key][i] for r in runs) for i in (0, 1)) if key != "metrics"
                      else runs[0][key] for key in runs[0]} for name, runs in results.items()}
     plain, full, bare = median["plain"]["step"], median["engine"], median["loss-only"]
-    summary = {"device": str(stages.resolve_device(args.device)), "torch": torch.__version__,
+    summary = {"device": str(resolve_device(args.device)), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "steps": args.steps, "eval_every": args.eval_every,
                "repeats": args.repeats, "metrics": full["metrics"]}
     print(f"device {summary['device']}, torch {summary['torch']}, {summary['threads']} threads; {args.steps} steps, "

@@ -149,7 +149,7 @@ def test_evaluation_shards_cover_the_split_once_without_padding() -> None:
 
 
 def test_batch_norm_would_get_one_sample_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    from transfer_cli import stages
+    from transfer_cli import parts
     from transfer_cli.config.schema import Experiment
     from transfer_cli.data.bundle import DataBundle, TensorSplit
     from transfer_cli.errors import ConfigError
@@ -160,10 +160,10 @@ def test_batch_norm_would_get_one_sample_per_process(monkeypatch: pytest.MonkeyP
                       "multiclass", 2)
     model = torch.nn.Sequential(torch.nn.BatchNorm1d(1))
     with pytest.raises(ConfigError, match="the last batch gives each of the 4 processes one sample"):
-        stages.check_distributed(exp, data, model, evaluating=False, opts=stages.RunOptions())
+        parts.check_distributed(exp, data, model, evaluating=False, opts=parts.RunOptions())
     exp.data.batch_size = 6
     with pytest.raises(ConfigError, match="6 samples per batch cannot be split evenly over 4 processes"):
-        stages.check_distributed(exp, data, model, evaluating=False, opts=stages.RunOptions())
+        parts.check_distributed(exp, data, model, evaluating=False, opts=parts.RunOptions())
 
 
 def test_nproc_exits_with_the_code_of_the_rank_that_failed_first(tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ def test_backbone_only_pth_with_add_prefix(tiny: Path, pretrained: dict) -> None
 
 
 def test_exclude_leaves_tensors_at_fresh_init(tiny: Path, pretrained: dict) -> None:
-    from transfer_cli import stages
+    from transfer_cli.parts import RunOptions, build_parts
     from transfer_cli.components import registries
     from transfer_cli.config.resolve import load_experiment
 
@@ -107,7 +107,7 @@ def test_exclude_leaves_tensors_at_fresh_init(tiny: Path, pretrained: dict) -> N
 
     # the model exactly as the finetune built it, before loading: same config, same seed
     exp = load_experiment(Path("configs/tiny/from_file.yaml"), "finetune", sets, registries())
-    fresh = stages.build_parts(exp, stages.RunOptions()).model.state_dict()
+    fresh = build_parts(exp, RunOptions()).model.state_dict()
     saved = load_file(str(tiny / "runs" / "finetune" / "checkpoints" / "best" / "model.safetensors"))
     for key, pre in (("backbone.block0.0.weight", False), ("backbone.block1.0.weight", True)):
         expected = pretrained[key] if pre else fresh[key]

@@ -126,10 +126,11 @@ def _stage(stage: str, source: Path, sets: Optional[List[str]], options: dict, *
         from transfer_cli import stages
         from transfer_cli.components import registries
         from transfer_cli.config.resolve import load_experiment
+        from transfer_cli.parts import RunOptions
 
         exp = load_experiment(source, stage, sets or [], registries(), **refs)
-        opts = stages.RunOptions(config_path=None if source.is_dir() else source,
-                                 from_run=source if source.is_dir() else None, **options)
+        opts = RunOptions(config_path=None if source.is_dir() else source,
+                          from_run=source if source.is_dir() else None, **options)
         return getattr(stages, stage)(exp, opts, console)
 
     return action
@@ -237,6 +238,7 @@ def validate(
         from transfer_cli.components import registries
         from transfer_cli.config.resolve import guess_stage, load_experiment, read_sources
         from transfer_cli.errors import UsageError
+        from transfer_cli.parts import RunOptions
 
         chosen = stage
         if chosen is None:
@@ -245,7 +247,7 @@ def validate(
         if chosen not in ("pretrain", "finetune", "evaluate"):
             raise UsageError(f"--stage: expected pretrain, finetune or evaluate, got {chosen!r}")
         exp = load_experiment(config, chosen, sets or [], registries(), init_from=init_from, checkpoint=checkpoint)
-        opts = stages.RunOptions(config_path=config, run_dir=run_dir)
+        opts = RunOptions(config_path=config, run_dir=run_dir)
         return stages.validate_only(exp, chosen, opts, console)
 
     _execute(action, json_out, quiet, debug)

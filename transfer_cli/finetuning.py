@@ -16,9 +16,9 @@ from transfer_cli.provenance import now
 from transfer_cli.report import headline_table, write_report
 from transfer_cli.rundir import RunDir
 from transfer_cli.resume import check_same_config
+from transfer_cli.parts import Parts, RunOptions, build_parts, resolve_device
 from transfer_cli.stages import (
-    Parts, RunOptions, build_parts, check_run_dir, make_report_header, record_stop, report_of_completed,
-    resolve_device, run_path, start_run, train_and_report,
+    check_run_dir, make_report_header, record_stop, report_of_completed, run_path, start_run, train_and_report,
 )
 from transfer_cli.transfer import load_initial_weights
 

@@ -22,7 +22,7 @@ from transfer_cli.schedules import SCHEDULES
 from transfer_cli.strategies import Phase, build_plan, plan_schedule
 
 if TYPE_CHECKING:
-    from transfer_cli.stages import Parts
+    from transfer_cli.parts import Parts
 
 SMOKE_STEPS = 3
 

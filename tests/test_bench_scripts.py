@@ -1,0 +1,34 @@
+"""The benchmark scripts run (their figures are quoted in the README): each, with the smallest
+settings, in a real process, printing its comparison against the plain loop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(*args: str) -> str:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_bench_compares_engine_and_plain_loop_with_identical_weights() -> None:
+    out = _script("scripts/bench.py", "--cases", "mlp", "--repeats", "1", "--steps", "3", "--no-memory")
+    assert "engine/plain  steps/s" in out
+    assert "same final weights: yes (bit for bit)" in out
+
+
+@pytest.mark.slow  # ~15 s: four engine builds on the quickstart data
+def test_bench_eval_tax_times_plain_and_engine_steps(tmp_path: Path) -> None:
+    config = tmp_path / "small.yaml"
+    config.write_text(f"extends: {ROOT / 'configs' / 'quickstart' / 'pretrain.yaml'}\n"
+                      "data: {params: {n_train: 256, n_val: 64, n_test: 64}, batch_size: 32}\n")
+    out = _script("scripts/bench_eval_tax.py", "--device", "cpu", "--steps", "4", "--eval-every", "2",
+                  "--repeats", "1", "--config", str(config))
+    assert "step  plain PyTorch loop" in out and "full/plain" in out

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import math
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,4 +137,8 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("data") / "examples")
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", nargs="?", type=Path, default=Path("data") / "examples", help="default: data/examples")
+    main(parser.parse_args().out)

@@ -33,14 +33,20 @@ def test_pretrained_weights_are_loaded_offline_and_mean_pooling_means_something(
     assert similar > 0.5 > unrelated  # random weights would not separate them
 
 
-def test_example_text_config_finetunes_minilm(tmp_path: Path, monkeypatch) -> None:
+def _finetune_example(tmp_path: Path, monkeypatch, *extra: str) -> str:
+    """configs/examples/text_csv.yaml for one epoch on 40 reviews in tmp_path; returns the model dir."""
     monkeypatch.chdir(tmp_path)
     make_reviews(tmp_path / "data" / "examples" / "reviews.csv", n=40)
     directory = str(minilm.get_model_path())
     result = run_cli("finetune", ROOT / "configs" / "examples" / "text_csv.yaml", "--set", "train.epochs=1",
                      "--set", f"model.params.path={directory}", "--set", f"data.params.tokenizer={directory}",
-                     "--set", "data.params.max_length=16", "--set", "train.device=cpu")
+                     "--set", "data.params.max_length=16", "--set", "train.device=cpu", *extra)
     assert result.exit_code == 0, result.output
+    return directory
+
+
+def test_example_text_config_finetunes_minilm(tmp_path: Path, monkeypatch) -> None:
+    directory = _finetune_example(tmp_path, monkeypatch)
     run = tmp_path / "runs" / "examples" / "text_csv"
     lineage = read_json(run / "run.json")["lineage"]
     weights = Path(directory) / "model.safetensors"
@@ -54,14 +60,8 @@ def test_example_text_config_finetunes_minilm(tmp_path: Path, monkeypatch) -> No
 def test_scratch_baseline_of_a_pretrained_encoder_is_really_from_scratch(tmp_path: Path, monkeypatch) -> None:
     from safetensors.torch import load_file
 
-    monkeypatch.chdir(tmp_path)
-    make_reviews(tmp_path / "data" / "examples" / "reviews.csv", n=40)
-    directory = str(minilm.get_model_path())
-    result = run_cli("finetune", ROOT / "configs" / "examples" / "text_csv.yaml", "--set", "train.epochs=1",
-                     "--set", f"model.params.path={directory}", "--set", f"data.params.tokenizer={directory}",
-                     "--set", "data.params.max_length=16", "--set", "train.device=cpu",
-                     "--set", "transfer.strategy=linear_probe", "--baseline", "scratch")
-    assert result.exit_code == 0, result.output
+    directory = _finetune_example(tmp_path, monkeypatch, "--set", "transfer.strategy=linear_probe",
+                                  "--baseline", "scratch")
     run = tmp_path / "runs" / "examples" / "text_csv"
     pretrained = load_file(str(Path(directory) / "model.safetensors"))
     baseline = load_file(str(run / "baseline" / "checkpoints" / "best" / "model.safetensors"))

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIRST_STEP_PROBE = """
 import sys, time
 start = time.perf_counter()
-from transfer_cli import engine
+from transfer_cli.train import engine
 fit = engine.Engine.fit
 def timed_fit(self, *args, **kwargs):
     print(f"FIRST_STEP {time.perf_counter() - start:.3f}", file=sys.stderr)

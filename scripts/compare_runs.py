@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from transfer_cli.rundir import WALL_CLOCK_FIELDS, RunDir
+from transfer_cli.runs.rundir import WALL_CLOCK_FIELDS, RunDir
 
 
 def _digest(path: Path) -> str:

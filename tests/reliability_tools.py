@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from transfer_cli import checkpoint as ckpt
-from transfer_cli.rundir import RunDir
+from transfer_cli.runs import checkpoints as ckpt
+from transfer_cli.runs.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

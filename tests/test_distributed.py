@@ -13,8 +13,8 @@ import torch
 from conftest import read_json, run_cli
 from reliability_tools import ENV, assert_same_run, copy_run, rewind
 
-from transfer_cli import checkpoint as ckpt
-from transfer_cli import distributed
+from transfer_cli.runs import checkpoints as ckpt
+from transfer_cli.dist import distributed
 from transfer_cli.data.bundle import batch_indices
 
 CONFIG = "configs/tiny/pretrain.yaml"
@@ -149,10 +149,10 @@ def test_evaluation_shards_cover_the_split_once_without_padding() -> None:
 
 
 def test_batch_norm_would_get_one_sample_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    from transfer_cli import parts
+    from transfer_cli.recipes import parts
     from transfer_cli.config.schema import Experiment
     from transfer_cli.data.bundle import DataBundle, TensorSplit
-    from transfer_cli.errors import ConfigError
+    from transfer_cli.core.errors import ConfigError
 
     monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=0, size=4))
     exp = Experiment.model_validate({"data": {"name": "motifs", "batch_size": 8}, "model": {"name": "cnn1d"}})
@@ -176,7 +176,7 @@ def test_nproc_exits_with_the_code_of_the_rank_that_failed_first(tmp_path: Path)
                                       "if os.environ['RANK'] == '1':\n    sys.exit(2)\n"
                                       "time.sleep(60)\n")
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
-              "from transfer_cli.launch import launch\nprint(launch(2, []))\n")
+              "from transfer_cli.dist.launch import launch\nprint(launch(2, []))\n")
     # the workers import the stand-in package (first on their PYTHONPATH); the parent the real launcher
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**ENV, "PYTHONPATH": str(tmp_path)},
                           capture_output=True, text=True, timeout=120)
@@ -213,7 +213,7 @@ def test_a_signal_while_the_ranks_exchange_after_creating_the_run_is_recorded(ti
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # under torchrun rank 0 creates the run and then waits in a broadcast; Ctrl-C there must not
     # leave a run that says "running"
-    from transfer_cli import stages
+    from transfer_cli.recipes import common as stages
 
     real_on_main = distributed.on_main
 

@@ -12,8 +12,8 @@ from conftest import TARGET, read_json, run_cli, write_yaml
 from safetensors.torch import load_file, save_file
 
 from transfer_cli.config.schema import KeyMap
-from transfer_cli.errors import ConfigError
-from transfer_cli.keymap import map_keys, suggest_key_map
+from transfer_cli.core.errors import ConfigError
+from transfer_cli.weights.keymap import map_keys, suggest_key_map
 
 BACKBONE_KEYS = 12  # cnn1d channels [8, 8]: 2 x (conv weight + 5 batch-norm tensors)
 
@@ -90,8 +90,8 @@ def test_backbone_only_pth_with_add_prefix(tiny: Path, pretrained: dict) -> None
 
 
 def test_exclude_leaves_tensors_at_fresh_init(tiny: Path, pretrained: dict) -> None:
-    from transfer_cli.parts import RunOptions, build_parts
-    from transfer_cli.components import registries
+    from transfer_cli.recipes.parts import RunOptions, build_parts
+    from transfer_cli.recipes.components import registries
     from transfer_cli.config.resolve import load_experiment
 
     # a vanishing learning rate for one step, so the saved weights are the loaded ones (to 1e-8)

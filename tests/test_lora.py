@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from transfer_cli.errors import ConfigError
+from transfer_cli.core.errors import ConfigError
 from transfer_cli.models import MODELS
 from transfer_cli.models.lora import add_lora, lora_parameter_names, merge_lora, merged_state_dict
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import read_json, run_cli
 
-from transfer_cli import plots
-from transfer_cli.plots import draw_all, phase_spans, read_evaluations
+from transfer_cli.report import plots
+from transfer_cli.report.plots import draw_all, phase_spans, read_evaluations
 
 
 def _records(phases: list) -> list[dict]:

@@ -19,10 +19,10 @@ import torch
 from conftest import run_cli, tree_digest, write_yaml
 from reliability_tools import ENV, RESUMABLE, copy_run, flip_byte, rewind
 
-from transfer_cli import checkpoint as ckpt
+from transfer_cli.runs import checkpoints as ckpt
 from transfer_cli.data import DATASETS, DataBundle, TensorSplit
-from transfer_cli.registry import Params
-from transfer_cli.rundir import RunDir
+from transfer_cli.core.registry import Params
+from transfer_cli.runs.rundir import RunDir
 
 CNN = "model={name: cnn1d, params: {channels: [8, 8], kernel_size: 5}}"
 
@@ -287,8 +287,8 @@ def test_14_bad_data_and_paths_one_line_exit_2_nothing_written(tiny: Path, broke
 
 
 def test_15_full_or_unwritable_disk_refused_before_training(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from transfer_cli import rundir
-    from transfer_cli.engine import Engine
+    from transfer_cli.runs import rundir
+    from transfer_cli.train.engine import Engine
 
     trained = []
     real_fit = Engine.fit

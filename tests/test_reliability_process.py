@@ -16,8 +16,8 @@ import pytest
 from conftest import read_json, run_cli
 from reliability_tools import ENV, ROOT, assert_same_run, read_until, start_cli, wait_until
 
-from transfer_cli import checkpoint as ckpt
-from transfer_cli.rundir import RunDir
+from transfer_cli.runs import checkpoints as ckpt
+from transfer_cli.runs.rundir import RunDir
 
 CONFIG = "configs/tiny/pretrain.yaml"
 # ~300 steps with dropout and a checkpoint every 10 steps: long enough to be hit mid-way,

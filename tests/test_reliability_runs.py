@@ -17,8 +17,8 @@ from conftest import read_json, run_cli, tree_digest
 from reliability_tools import (ENV, RESUMABLE, ROOT, alias_name, assert_same_run, copy_run, flip_byte, rewind,
                                weights_of)
 
-from transfer_cli import checkpoint as ckpt
-from transfer_cli.rundir import RunDir
+from transfer_cli.runs import checkpoints as ckpt
+from transfer_cli.runs.rundir import RunDir
 
 CONFIG = "configs/tiny/pretrain.yaml"
 

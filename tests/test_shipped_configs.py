@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from transfer_cli.components import registries
+from transfer_cli.recipes.components import registries
 from transfer_cli.config.loader import load_raw
 from transfer_cli.config.validate import validate
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import read_json, read_jsonl, run_cli
 
-from transfer_cli import checkpoint as ckpt
-from transfer_cli.rundir import RunDir
+from transfer_cli.runs import checkpoints as ckpt
+from transfer_cli.runs.rundir import RunDir
 
 CONFIG = "configs/tiny/pretrain.yaml"
 ONE_EVAL = ("--set", "train.max_steps=4", "--set", "train.eval_every_steps=4")

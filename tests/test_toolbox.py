@@ -149,7 +149,7 @@ def test_k_shot_is_stratified_and_seeded(pretrained: Path) -> None:
 
 def test_lr_groups_no_decay_backbone_mult_and_layer_decay() -> None:
     from transfer_cli.models import MODELS
-    from transfer_cli.optim import lr_scales, param_groups
+    from transfer_cli.train.optim import lr_scales, param_groups
 
     model = MODELS.build("cnn1d", {"channels": [4, 4]}, input_shape=(1, 32), num_outputs=3)
     scale = lr_scales(model.layer_group_names(), backbone_lr_mult=0.1, layer_decay=0.5)

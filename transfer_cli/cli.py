@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, List, Optional
 import typer
 
 from transfer_cli import __version__
-from transfer_cli.errors import Interrupted, RaisedOnMain, Terminated, TransferError
+from transfer_cli.core.errors import Interrupted, RaisedOnMain, Terminated, TransferError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -53,10 +53,10 @@ def root(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 def _execute(action: Callable[[Any], Any], json_mode: bool, quiet: bool, debug: bool) -> None:
     """Run `action(console)`, print its JSON on request, and turn errors into exit codes."""
-    from transfer_cli.console import Console
+    from transfer_cli.core.console import Console
 
-    from transfer_cli.distributed import shutdown, world
-    from transfer_cli.runlock import release_all
+    from transfer_cli.dist.distributed import shutdown, world
+    from transfer_cli.runs.runlock import release_all
 
     console = Console(quiet=quiet, json_mode=json_mode)
     rank = f"[rank {world().rank}] " if not world().is_main else ""  # under torchrun, where an error came from
@@ -123,10 +123,10 @@ def _signals_handled() -> Iterator[None]:
 
 def _stage(stage: str, source: Path, sets: Optional[List[str]], options: dict, **refs: Optional[str]) -> Callable:
     def action(console: Any) -> Any:
-        from transfer_cli import stages
-        from transfer_cli.components import registries
+        from transfer_cli.recipes import common as stages
+        from transfer_cli.recipes.components import registries
         from transfer_cli.config.resolve import load_experiment
-        from transfer_cli.parts import RunOptions
+        from transfer_cli.recipes.parts import RunOptions
 
         exp = load_experiment(source, stage, sets or [], registries(), **refs)
         opts = RunOptions(config_path=None if source.is_dir() else source,
@@ -181,7 +181,7 @@ def _relaunch(nproc: int, head: list[str], sets: Optional[List[str]], options: d
         print("error: --nproc starts the processes; under torchrun they exist already: drop --nproc",
               file=sys.stderr)
         raise typer.Exit(2)
-    from transfer_cli.launch import launch
+    from transfer_cli.dist.launch import launch
 
     args = list(head) + [arg for value in sets or [] for arg in ("--set", value)]
     for name, value in options.items():
@@ -234,11 +234,11 @@ def validate(
     """Check a config and build everything it names (data, model, weights); train nothing."""
 
     def action(console: Any) -> Any:
-        from transfer_cli import stages
-        from transfer_cli.components import registries
+        from transfer_cli.recipes import common as stages
+        from transfer_cli.recipes.components import registries
         from transfer_cli.config.resolve import guess_stage, load_experiment, read_sources
-        from transfer_cli.errors import UsageError
-        from transfer_cli.parts import RunOptions
+        from transfer_cli.core.errors import UsageError
+        from transfer_cli.recipes.parts import RunOptions
 
         chosen = stage
         if chosen is None:
@@ -264,7 +264,7 @@ def compare(
     """One table of several runs' metrics, with each run's difference to the first."""
 
     def action(console: Any) -> Any:
-        from transfer_cli.compare import compare_runs, comparison_table, load_reports
+        from transfer_cli.report.compare import compare_runs, comparison_table, load_reports
 
         comparison = compare_runs(load_reports(runs), split)
         table = comparison_table(comparison)
@@ -282,7 +282,7 @@ def list_components(json_out: bool = JsonOpt) -> None:
     """Show the registered data sets, models, optimizers, schedules, losses and metrics."""
 
     def action(console: Any) -> Any:
-        from transfer_cli.components import registries
+        from transfer_cli.recipes.components import registries
 
         listing = {section: {name: reg.get(name).summary for name in reg.names()}
                    for section, reg in registries().items()}

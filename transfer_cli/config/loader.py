@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from transfer_cli.config.yamlio import KeyPath, parse_yaml, read_yaml
-from transfer_cli.errors import ConfigError
+from transfer_cli.core.errors import ConfigError
 
 # Sections naming a registered component: a child that changes `name` replaces `params`.
 COMPONENTS = ("data", "model", "optim", "schedule", "loss")

@@ -15,7 +15,7 @@ import yaml
 from transfer_cli.config.loader import RawConfig, apply_sets, load_raw
 from transfer_cli.config.schema import Experiment, absolute_ref
 from transfer_cli.config.validate import validate
-from transfer_cli.errors import ConfigError, UsageError
+from transfer_cli.core.errors import ConfigError, UsageError
 
 Stage = Literal["pretrain", "finetune", "evaluate"]
 
@@ -178,7 +178,7 @@ def load_experiment(source: Path, stage: Stage, sets: list[str], registries: dic
 def guess_stage(raw: RawConfig) -> Stage:
     """For `transfer validate`: finetune if it starts from weights (or its model loads pretrained
     weights by itself), evaluate if it names a checkpoint, else pretrain."""
-    from transfer_cli.components import registries
+    from transfer_cli.recipes.components import registries
 
     model = raw.data.get("model")
     name = model.get("name") if isinstance(model, dict) else None

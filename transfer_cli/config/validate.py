@@ -14,8 +14,8 @@ from pydantic import BaseModel, ValidationError
 
 from transfer_cli.config.loader import COMPONENTS, RawConfig
 from transfer_cli.config.schema import Experiment
-from transfer_cli.errors import ConfigError
-from transfer_cli.registry import Registry, UnknownName, did_you_mean
+from transfer_cli.core.errors import ConfigError
+from transfer_cli.core.registry import Registry, UnknownName, did_you_mean
 
 Loc = tuple[Any, ...]
 

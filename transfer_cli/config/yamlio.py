@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from transfer_cli.errors import ConfigError
+from transfer_cli.core.errors import ConfigError
 
 KeyPath = tuple[str, ...]
 

@@ -9,8 +9,8 @@ from pydantic import Field
 
 from transfer_cli.data.bundle import DataBundle, TensorSplit
 from transfer_cli.data.registry import DATASETS
-from transfer_cli.errors import ConfigError
-from transfer_cli.registry import Params
+from transfer_cli.core.errors import ConfigError
+from transfer_cli.core.registry import Params
 
 
 class MotifParams(Params):

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Optional, Protocol, Union
 
 import torch
 
-from transfer_cli.errors import DataError
+from transfer_cli.core.errors import DataError
 
 TASKS = ("multiclass", "binary", "multilabel", "regression")
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from transfer_cli.data.bundle import DataBundle, Split
-from transfer_cli.errors import DataError
+from transfer_cli.core.errors import DataError
 
 
 def check_bundle(data: DataBundle, name: str) -> None:

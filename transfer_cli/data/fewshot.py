@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from transfer_cli.errors import DataError
+from transfer_cli.core.errors import DataError
 
 
 def select_per_class(labels: torch.Tensor, k: int, seed: int, class_names: list[str] | None = None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from transfer_cli.data.labels import class_order
 from transfer_cli.data.loader import DatasetSplit, ReadFailure
 from transfer_cli.data.registry import DATASETS
 from transfer_cli.data.splitting import SplitParams, carve_splits, require, split_info
-from transfer_cli.errors import DataError
+from transfer_cli.core.errors import DataError
 
 class ImageFolderParams(SplitParams):
     # derived from the training data; evaluating a run reuses the run's values (config.resolve)

@@ -8,8 +8,8 @@ from typing import ClassVar, Iterable, Literal, Optional
 import torch
 from pydantic import Field
 
-from transfer_cli.errors import DataError
-from transfer_cli.registry import Params
+from transfer_cli.core.errors import DataError
+from transfer_cli.core.registry import Params
 
 Task = Literal["auto", "multiclass", "binary", "multilabel", "regression"]
 

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from transfer_cli.data.bundle import WHOLE, Shard, batch_indices
-from transfer_cli.errors import DataError
+from transfer_cli.core.errors import DataError
 
 
 class ReadFailure(NamedTuple):

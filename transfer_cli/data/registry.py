@@ -1,3 +1,3 @@
-from transfer_cli.registry import Registry
+from transfer_cli.core.registry import Registry
 
 DATASETS: Registry = Registry("dataset")

@@ -10,8 +10,8 @@ import torch
 from pydantic import AfterValidator, Field, model_validator
 
 from transfer_cli.data.bundle import Split
-from transfer_cli.errors import DataError
-from transfer_cli.registry import Params
+from transfer_cli.core.errors import DataError
+from transfer_cli.core.registry import Params
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTION = 0.1

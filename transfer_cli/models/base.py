@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from transfer_cli.errors import DataError
+from transfer_cli.core.errors import DataError
 
 
 class TransferModel(nn.Module):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transfer_cli.errors import ConfigError
+from transfer_cli.core.errors import ConfigError
 
 ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 LORA_PARAMS = ("lora_A", "lora_B")

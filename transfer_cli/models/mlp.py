@@ -10,7 +10,7 @@ from torch import nn
 
 from transfer_cli.models.base import TransferModel, activation
 from transfer_cli.models.registry import MODELS
-from transfer_cli.registry import Params
+from transfer_cli.core.registry import Params
 
 
 class MLPParams(Params):

@@ -42,13 +42,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from transfer_cli.recipes.parts import RunOptions, build_parts  # noqa: E402
-from transfer_cli.recipes.components import registries  # noqa: E402
 from transfer_cli.config.resolve import load_experiment  # noqa: E402
 from transfer_cli.core.console import Console  # noqa: E402
-from transfer_cli.train.engine import BaseCallback, TrainState  # noqa: E402
 from transfer_cli.eval.evaluation import autocast  # noqa: E402
+from transfer_cli.recipes.components import registries  # noqa: E402
+from transfer_cli.recipes.parts import RunOptions, build_parts  # noqa: E402
 from transfer_cli.runs.rundir import RunDir  # noqa: E402
+from transfer_cli.train.engine import BaseCallback, TrainState  # noqa: E402
 from transfer_cli.train.trainer import Trainer  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """Compare two run directories bit for bit: metrics.jsonl (every field except the wall-clock
-ones, see transfer_cli.rundir.WALL_CLOCK_FIELDS), the weights of the `last` and `best`
+ones, see transfer_cli.runs.rundir.WALL_CLOCK_FIELDS), the weights of the `last` and `best`
 checkpoints (which step and the file's bytes) and the metrics in report.json.
 
     python scripts/compare_runs.py RUN_A RUN_B     # exit 0 when identical, 1 otherwise

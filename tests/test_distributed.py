@@ -13,9 +13,10 @@ import torch
 from conftest import read_json, run_cli
 from reliability_tools import ENV, assert_same_run, copy_run, rewind
 
-from transfer_cli.runs import checkpoints as ckpt
-from transfer_cli.dist import distributed
 from transfer_cli.data.bundle import batch_indices
+from transfer_cli.dist import distributed
+from transfer_cli.runs import checkpoints as ckpt
+from transfer_cli.weights.files import read_weights
 
 CONFIG = "configs/tiny/pretrain.yaml"
 
@@ -38,7 +39,7 @@ def test_ddp_two_processes_write_one_run_whose_report_equals_a_single_process_ev
     state = ckpt.load_state(run / "checkpoints" / "step-00000007")
     assert len(state["ranks"]) == 2  # each rank's RNG state and running loss, for an exact resume
     assert state["train_state"]["step"] == 7  # 200 samples, batch 32: as many steps as in one process
-    assert not any(key.startswith("module.") for key in ckpt.read_weights(run / "checkpoints" / "best" / ckpt.WEIGHTS))
+    assert not any(key.startswith("module.") for key in read_weights(run / "checkpoints" / "best" / ckpt.WEIGHTS))
 
     # the report's metrics are those of evaluating the best checkpoint in one process
     report = read_json(run / "report.json")
@@ -213,8 +214,6 @@ def test_a_signal_while_the_ranks_exchange_after_creating_the_run_is_recorded(ti
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # under torchrun rank 0 creates the run and then waits in a broadcast; Ctrl-C there must not
     # leave a run that says "running"
-    from transfer_cli.recipes import common as stages
-
     real_on_main = distributed.on_main
 
     def interrupted_after(action):
@@ -223,7 +222,7 @@ def test_a_signal_while_the_ranks_exchange_after_creating_the_run_is_recorded(ti
             raise KeyboardInterrupt
         return result
 
-    monkeypatch.setattr(stages.distributed, "on_main", interrupted_after)
+    monkeypatch.setattr(distributed, "on_main", interrupted_after)
     result = run_cli("pretrain", CONFIG)
     assert result.exit_code == 130 and "interrupted" in result.stderr
     assert read_json(tiny / "runs" / "pretrain" / "run.json")["status"] == "interrupted"

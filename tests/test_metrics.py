@@ -13,8 +13,8 @@ import pytest
 import torch
 from torchmetrics import classification as tmc
 
-from transfer_cli.eval.breakdown import Breakdown
 from transfer_cli.core.errors import ConfigError
+from transfer_cli.eval.breakdown import Breakdown
 from transfer_cli.eval.metrics import METRICS, MetricContext, build_metrics, default_metrics, higher_is_better
 
 # ---- multiclass: 4 classes, 9 samples ----------------------------------------------------------

@@ -19,9 +19,10 @@ import torch
 from conftest import run_cli, tree_digest, write_yaml
 from reliability_tools import ENV, RESUMABLE, copy_run, flip_byte, rewind
 
-from transfer_cli.runs import checkpoints as ckpt
-from transfer_cli.data import DATASETS, DataBundle, TensorSplit
 from transfer_cli.core.registry import Params
+from transfer_cli.data import DATASETS, DataBundle, TensorSplit
+from transfer_cli.runs import checkpoints as ckpt
+from transfer_cli.runs.provenance import sha256_of
 from transfer_cli.runs.rundir import RunDir
 
 CNN = "model={name: cnn1d, params: {channels: [8, 8], kernel_size: 5}}"
@@ -54,7 +55,7 @@ class _RunsCode:
 
 def _seal(checkpoint: Path) -> None:
     """Rewrite the completion marker for the files as they are now (what an attacker would do)."""
-    digests = {name: ckpt.sha256_of(checkpoint / name) for name in (ckpt.WEIGHTS, ckpt.STATE, ckpt.META)}
+    digests = {name: sha256_of(checkpoint / name) for name in (ckpt.WEIGHTS, ckpt.STATE, ckpt.META)}
     (checkpoint / ckpt.COMPLETE).write_text(json.dumps({"sha256": digests}))
 
 

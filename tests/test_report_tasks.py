@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import read_json, run_cli, write_yaml
 
+from transfer_cli.core.registry import Params
 from transfer_cli.data import DATASETS, DataBundle
 from transfer_cli.data.bundle import TensorSplit
-from transfer_cli.core.registry import Params
 
 
 class BlobParams(Params):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from transfer_cli.recipes.components import registries
 from transfer_cli.config.loader import load_raw
 from transfer_cli.config.validate import validate
+from transfer_cli.recipes.components import registries
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not p.name.startswith("base"))

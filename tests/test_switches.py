@@ -9,6 +9,7 @@ from conftest import read_json, read_jsonl, run_cli
 
 from transfer_cli.runs import checkpoints as ckpt
 from transfer_cli.runs.rundir import RunDir
+from transfer_cli.weights.files import read_weights
 
 CONFIG = "configs/tiny/pretrain.yaml"
 ONE_EVAL = ("--set", "train.max_steps=4", "--set", "train.eval_every_steps=4")
@@ -23,7 +24,7 @@ def _train(tiny, name: str, *sets: str) -> dict:
 
 
 def _weights(tiny, name: str) -> dict[str, torch.Tensor]:
-    return ckpt.read_weights(tiny / "runs" / name / "checkpoints" / "last" / ckpt.WEIGHTS)
+    return read_weights(tiny / "runs" / name / "checkpoints" / "last" / ckpt.WEIGHTS)
 
 
 def test_precision_bf16_and_fp16_train_in_mixed_precision_with_fp32_weights(tiny) -> None:

@@ -123,15 +123,18 @@ def _signals_handled() -> Iterator[None]:
 
 def _stage(stage: str, source: Path, sets: Optional[List[str]], options: dict, **refs: Optional[str]) -> Callable:
     def action(console: Any) -> Any:
-        from transfer_cli.recipes import common as stages
-        from transfer_cli.recipes.components import registries
         from transfer_cli.config.resolve import load_experiment
+        from transfer_cli.recipes.components import registries
+        from transfer_cli.recipes.evaluate import evaluate
+        from transfer_cli.recipes.finetune import finetune
         from transfer_cli.recipes.parts import RunOptions
+        from transfer_cli.recipes.pretrain import pretrain
 
+        recipe = {"pretrain": pretrain, "finetune": finetune, "evaluate": evaluate}[stage]
         exp = load_experiment(source, stage, sets or [], registries(), **refs)
         opts = RunOptions(config_path=None if source.is_dir() else source,
                           from_run=source if source.is_dir() else None, **options)
-        return getattr(stages, stage)(exp, opts, console)
+        return recipe(exp, opts, console)
 
     return action
 
@@ -234,21 +237,21 @@ def validate(
     """Check a config and build everything it names (data, model, weights); train nothing."""
 
     def action(console: Any) -> Any:
-        from transfer_cli.recipes import common as stages
-        from transfer_cli.recipes.components import registries
         from transfer_cli.config.resolve import guess_stage, load_experiment, read_sources
         from transfer_cli.core.errors import UsageError
+        from transfer_cli.recipes.components import registries
         from transfer_cli.recipes.parts import RunOptions
+        from transfer_cli.recipes.validate import validate_only
 
         chosen = stage
         if chosen is None:
             chosen = guess_stage(read_sources(config, "finetune" if init_from else "evaluate" if checkpoint
-                                              else "pretrain", sets or [], init_from, checkpoint))
+                                              else "pretrain", sets or [], init_from, checkpoint), registries())
         if chosen not in ("pretrain", "finetune", "evaluate"):
             raise UsageError(f"--stage: expected pretrain, finetune or evaluate, got {chosen!r}")
         exp = load_experiment(config, chosen, sets or [], registries(), init_from=init_from, checkpoint=checkpoint)
         opts = RunOptions(config_path=config, run_dir=run_dir)
-        return stages.validate_only(exp, chosen, opts, console)
+        return validate_only(exp, chosen, opts, console)
 
     _execute(action, json_out, quiet, debug)
 

@@ -175,14 +175,12 @@ def load_experiment(source: Path, stage: Stage, sets: list[str], registries: dic
     return exp
 
 
-def guess_stage(raw: RawConfig) -> Stage:
+def guess_stage(raw: RawConfig, registries: dict) -> Stage:
     """For `transfer validate`: finetune if it starts from weights (or its model loads pretrained
     weights by itself), evaluate if it names a checkpoint, else pretrain."""
-    from transfer_cli.recipes.components import registries
-
     model = raw.data.get("model")
     name = model.get("name") if isinstance(model, dict) else None
-    if starting_ref(raw, "finetune") or (isinstance(name, str) and loads_pretrained(name, registries())):
+    if starting_ref(raw, "finetune") or (isinstance(name, str) and loads_pretrained(name, registries)):
         return "finetune"
     if starting_ref(raw, "evaluate"):
         return "evaluate"

@@ -7,10 +7,10 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from transfer_cli.data.bundle import DataBundle, TensorSplit
-from transfer_cli.data.registry import DATASETS
 from transfer_cli.core.errors import ConfigError
 from transfer_cli.core.registry import Params
+from transfer_cli.data.bundle import DataBundle, TensorSplit
+from transfer_cli.data.registry import DATASETS
 
 
 class MotifParams(Params):

@@ -9,8 +9,8 @@ import torch
 
 from torch import nn
 
-from transfer_cli.data.bundle import DataBundle, Split
 from transfer_cli.core.errors import DataError
+from transfer_cli.data.bundle import DataBundle, Split
 
 
 def check_bundle(data: DataBundle, name: str) -> None:

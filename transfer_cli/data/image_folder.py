@@ -10,13 +10,13 @@ from typing import ClassVar, Literal, Optional, Union
 import torch
 from pydantic import Field, field_validator
 
+from transfer_cli.core.errors import DataError
 from transfer_cli.data.bundle import DataBundle
 from transfer_cli.data.imaging import ImageTransform
 from transfer_cli.data.labels import class_order
 from transfer_cli.data.loader import DatasetSplit, ReadFailure
 from transfer_cli.data.registry import DATASETS
 from transfer_cli.data.splitting import SplitParams, carve_splits, require, split_info
-from transfer_cli.core.errors import DataError
 
 class ImageFolderParams(SplitParams):
     # derived from the training data; evaluating a run reuses the run's values (config.resolve)

@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from transfer_cli.data.bundle import WHOLE, Shard, batch_indices
 from transfer_cli.core.errors import DataError
+from transfer_cli.data.bundle import WHOLE, Shard, batch_indices
 
 
 class ReadFailure(NamedTuple):

@@ -9,9 +9,9 @@ from typing import Annotated, Any, Optional
 import torch
 from pydantic import AfterValidator, Field, model_validator
 
-from transfer_cli.data.bundle import Split
 from transfer_cli.core.errors import DataError
 from transfer_cli.core.registry import Params
+from transfer_cli.data.bundle import Split
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTION = 0.1

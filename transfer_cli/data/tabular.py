@@ -12,12 +12,12 @@ from typing import ClassVar, Optional
 import torch
 from pydantic import Field
 
+from transfer_cli.core.errors import DataError
+from transfer_cli.core.registry import did_you_mean
 from transfer_cli.data.bundle import DataBundle, TensorSplit
 from transfer_cli.data.labels import LabelParams, Targets, build_targets, class_order, encode
 from transfer_cli.data.registry import DATASETS
 from transfer_cli.data.splitting import SplitParams, carve_splits, require, split_info
-from transfer_cli.core.errors import DataError
-from transfer_cli.core.registry import did_you_mean
 
 
 class TableParams(SplitParams, LabelParams):

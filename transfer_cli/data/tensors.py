@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from transfer_cli.core.errors import DataError
+from transfer_cli.core.registry import did_you_mean
 from transfer_cli.data.bundle import DataBundle, TensorSplit
 from transfer_cli.data.labels import LabelParams, build_targets
 from transfer_cli.data.registry import DATASETS
 from transfer_cli.data.splitting import SplitParams, carve_splits, require, split_info
-from transfer_cli.core.errors import DataError
-from transfer_cli.core.registry import did_you_mean
 
 SUFFIXES = (".npz", ".pt", ".pth")
 

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from transfer_cli.core.errors import ConfigError, DataError
 from transfer_cli.data.bundle import DataBundle, TensorSplit
 from transfer_cli.data.registry import DATASETS
 from transfer_cli.data.splitting import DataPath, carve_splits, split_info
 from transfer_cli.data.tabular import TableParams, read_table, table_targets
-from transfer_cli.core.errors import ConfigError, DataError
 
 PAD_TOKENS = ("[PAD]", "<pad>", "<|padding|>", "<|endoftext|>")
 

@@ -13,9 +13,9 @@ import torch
 import torchmetrics
 from torch import nn
 
+from transfer_cli.data.bundle import TensorSplit
 from transfer_cli.dist import distributed
 from transfer_cli.eval.breakdown import Breakdown
-from transfer_cli.data.bundle import TensorSplit
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -17,11 +17,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from transfer_cli.data.splitting import DataPath
 from transfer_cli.core.errors import CheckpointError, ConfigError, DataError
+from transfer_cli.core.registry import Params
+from transfer_cli.data.splitting import DataPath
 from transfer_cli.models.base import TransferModel
 from transfer_cli.models.registry import MODELS
-from transfer_cli.core.registry import Params
+from transfer_cli.runs.provenance import sha256_of
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -83,8 +84,6 @@ class HFEncoderModel(TransferModel):
         self.directory = None
 
     def pretrained_lineage(self) -> dict:
-        from transfer_cli.weights.load import sha256_of
-
         files = [self.directory / name for name in WEIGHT_FILES if (self.directory / name).is_file()]
         weights = files[0]
         lineage = {"pretrained": str(self.directory), "weights": str(weights), "sha256": sha256_of(weights)}

@@ -8,9 +8,9 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
+from transfer_cli.core.registry import Params
 from transfer_cli.models.base import TransferModel, activation
 from transfer_cli.models.registry import MODELS
-from transfer_cli.core.registry import Params
 
 
 class MLPParams(Params):

@@ -6,9 +6,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from transfer_cli.core.registry import Params
 from transfer_cli.models.base import TransferModel, expect_rank
 from transfer_cli.models.registry import MODELS
-from transfer_cli.core.registry import Params
 
 
 class ResNetParams(Params):

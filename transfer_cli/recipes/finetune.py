@@ -9,17 +9,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from transfer_cli.dist import distributed
 from transfer_cli.config.schema import Experiment, TransferConfig
 from transfer_cli.core.console import Console, format_value
+from transfer_cli.dist import distributed
+from transfer_cli.recipes.common import train_and_report
+from transfer_cli.recipes.lifecycle import check_run_dir, record_stop, report_of_completed, run_path, start_run
+from transfer_cli.recipes.parts import Parts, RunOptions, build_parts, resolve_device
+from transfer_cli.report.content import make_report_header
+from transfer_cli.report.headline import headline_table
+from transfer_cli.report.write import write_report
 from transfer_cli.runs.provenance import now
-from transfer_cli.report.write import headline_table, write_report
 from transfer_cli.runs.rundir import RunDir
 from transfer_cli.train.resume import check_same_config
-from transfer_cli.recipes.parts import Parts, RunOptions, build_parts, resolve_device
-from transfer_cli.recipes.common import (
-    check_run_dir, make_report_header, record_stop, report_of_completed, run_path, start_run, train_and_report,
-)
 from transfer_cli.weights.load import load_initial_weights
 
 

@@ -11,18 +11,19 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from transfer_cli.dist import distributed
-from transfer_cli.eval.breakdown import Breakdown
 from transfer_cli.config.schema import Experiment
+from transfer_cli.core.errors import ConfigError, UsageError
+from transfer_cli.core.registry import did_you_mean
 from transfer_cli.data import DATASETS, DataBundle
 from transfer_cli.data.checks import check_batches, check_bundle, check_split
 from transfer_cli.data.fewshot import select_per_class
-from transfer_cli.core.errors import ConfigError, UsageError
+from transfer_cli.dist import distributed
+from transfer_cli.eval.breakdown import Breakdown
 from transfer_cli.eval.evaluation import Evaluator
-from transfer_cli.train.losses import LOSSES
 from transfer_cli.eval.metrics import (MetricContext, build_metrics, higher_is_better, metric_inputs, metric_names,
                                   resolve_threshold)
 from transfer_cli.models import MODELS, TransferModel
+from transfer_cli.train.losses import LOSSES
 from transfer_cli.train.seeding import seed_everything
 
 SMOKE_EVAL_BATCHES = 2
@@ -113,8 +114,6 @@ def check_monitor(monitor: str, names: list[str], data: DataBundle) -> None:
     split, metric = monitor.split("/", 1)
     available = ["train/loss"] + ([f"val/{n}" for n in ["loss"] + names] if "val" in data.splits else [])
     if monitor not in available:
-        from transfer_cli.core.registry import did_you_mean
-
         raise ConfigError([f"train.monitor: '{monitor}' is not logged{did_you_mean(monitor, available)}; "
                            f"available: {', '.join(available)} (val/<metric> needs the metric in eval.metrics "
                            f"and a val split)"])

@@ -11,9 +11,9 @@ from typing import Any, Optional
 
 from transfer_cli.core.console import format_value
 from transfer_cli.core.errors import UsageError
-from transfer_cli.report.write import DISPLAY_ORDER, SCHEMA_VERSION, metric_label, metric_order
-from transfer_cli.runs.rundir import RunDir
 from transfer_cli.core.tables import Table
+from transfer_cli.report.headline import DISPLAY_ORDER, SCHEMA_VERSION, metric_label, metric_order
+from transfer_cli.runs.rundir import RunDir
 
 
 @dataclass

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from transfer_cli.core.console import format_value
-from transfer_cli.report.write import headline_table, weights_phrase
 from transfer_cli.core.tables import Table
+from transfer_cli.report.headline import headline_table, weights_phrase
 
 MAX_CLASSES_AS_TEXT = 12  # beyond this a confusion matrix is only readable as a picture
 

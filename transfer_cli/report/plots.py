@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from transfer_cli.report.headline import metric_label
+
 PLOTS_DIR = "plots"
 DPI = 120
 PHASE_COLORS = ("#f2f2f2", "#e3ecf7")
@@ -82,8 +84,6 @@ def curve_metric(report: dict[str, Any]) -> Optional[str]:
 
 
 def learning_curves(records: list[dict[str, Any]], report: dict[str, Any]) -> Any:
-    from transfer_cli.report.write import metric_label
-
     metric = curve_metric(report)
     has_metric = metric is not None and any(f"val/{metric}" in r for r in records)
     figure, axes = _figure(ncols=2 if has_metric else 1, size=(11 if has_metric else 6, 4.2))

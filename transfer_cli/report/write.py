@@ -1,34 +1,19 @@
-"""report.json (for scripts: a stable, documented schema) and report.md (for people), with the
-pictures in plots/. The schema is described in README ("report.json"); adding a key keeps
-SCHEMA_VERSION, renaming or removing one bumps it.
-
-The headline table built here is the one the console prints at the end of every stage, the
-one at the top of report.md, and (one column per run) the one `transfer compare` prints.
-"""
+"""Writing a run's report into its run directory: report.json (for scripts: a stable, documented
+schema), report.md (for people) and the pictures in plots/ it links."""
 
 from __future__ import annotations
 
 import json
 from typing import Any, Optional
 
-from transfer_cli.core.console import Console, format_value
+from transfer_cli.core.console import Console
+from transfer_cli.report.markdown import render_markdown
 from transfer_cli.runs.rundir import RunDir
-from transfer_cli.core.tables import Table
-
-SCHEMA_VERSION = 1
-METRIC_LABELS = {"accuracy": "accuracy (micro)"}
-# the order of rows when runs with different metric sets are shown together (transfer compare)
-DISPLAY_ORDER = ("loss", "accuracy", "subset_accuracy", "balanced_accuracy", "precision", "recall", "f1", "macro_f1",
-                 "macro_precision", "macro_recall", "top2_accuracy", "top3_accuracy", "top5_accuracy", "nll", "ece",
-                 "auroc", "mae", "rmse", "r2")
-AVERAGING_NOTE = "accuracy is micro-averaged (share of correct decisions); macro_* weigh every class equally"
 
 
 def write_report(run: RunDir, report: dict[str, Any], console: Optional[Console] = None) -> None:
     """Draw the pictures (a failure there is a warning, not a failed run), then write
     report.json and report.md, which link the pictures that exist."""
-    from transfer_cli.report.markdown import render_markdown
-
     if not run.writable:  # under torchrun, ranks other than 0
         return
     report["plots"] = draw_plots(run, report, console)
@@ -45,47 +30,3 @@ def draw_plots(run: RunDir, report: dict[str, Any], console: Optional[Console]) 
         if console is not None:
             console.warn(f"could not draw the plots in {run.path / 'plots'}: {type(exc).__name__}: {exc}")
         return {}
-
-
-def metric_label(name: str) -> str:
-    return METRIC_LABELS.get(name, name)
-
-
-def metric_order(report: dict[str, Any]) -> list[str]:
-    """loss first, then the configured metrics in their configured order."""
-    seen = ["loss"] + list(report.get("metric_names") or [])
-    for values in report.get("metrics", {}).values():
-        seen += [name for name in values if name not in seen]
-    return list(dict.fromkeys(seen))
-
-
-def weights_phrase(report: dict[str, Any]) -> str:
-    checkpoint = report.get("checkpoint")
-    if checkpoint:
-        value = checkpoint.get("value")
-        measured = f", {checkpoint['monitor']} {format_value(value)}" if value is not None else ""
-        return f"{checkpoint.get('kind', '')} weights, step {checkpoint.get('step')}{measured}"
-    lineage = report.get("lineage") or {}
-    return f"weights {lineage.get('weights', '?')}"
-
-
-def headline_table(report: dict[str, Any]) -> Table:
-    """Rows: loss and every metric; columns: the reported splits (val first, then eval_split)."""
-    metrics = report.get("metrics", {})
-    splits = list(metrics)
-    sizes = {s: (report.get("splits", {}).get(s) or {}).get("size") for s in splits}
-    monitored = (report.get("monitor") or "").partition("/")[2] if report.get("stage") != "evaluate" else ""
-    header = ["metric"] + [f"{s} (n={sizes[s]})" if sizes[s] is not None else s for s in splits]
-    rows = []
-    for name in metric_order(report):
-        label = metric_label(name) + (" *" if name == monitored else "")
-        rows.append([label] + [format_value(metrics[s][name]) if name in metrics[s] else "-" for s in splits])
-    notes = []
-    if monitored:
-        notes.append(f"* monitored for the best checkpoint: {report['monitor']} ({report.get('monitor_mode', '')})")
-    if report.get("task") in ("multiclass", "multilabel"):
-        notes.append(AVERAGING_NOTE)
-    if report.get("smoke"):
-        notes.append("smoke run: a few steps on a few batches; these numbers say nothing about quality")
-    title = f"{report.get('name') or report['stage']}: {report['stage']} ({weights_phrase(report)})"
-    return Table(title, header, rows, notes)

@@ -1,5 +1,4 @@
-"""Checkpoints on disk: atomic writes, completion markers, `last`/`best` aliases, retention,
-and safe reading of weights files.
+"""Checkpoints on disk: atomic writes, completion markers, `last`/`best` aliases, retention.
 
 Layout under `<run>/checkpoints/`: one directory per saved step (`step-00000120/`) holding
 `model.safetensors`, `state.pt` (training state), `meta.json` and a `COMPLETE` marker written
@@ -20,14 +19,14 @@ from typing import Any
 
 import torch
 
-from transfer_cli.core.errors import CheckpointError, RunFailed
+from transfer_cli.core.errors import CheckpointError, RunFailed, one_line
+from transfer_cli.runs.provenance import sha256_of
 from transfer_cli.runs.rundir import fsync_dir
 
 COMPLETE = "COMPLETE"
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 META = "meta.json"
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -118,14 +117,6 @@ def verify(checkpoint: Path) -> None:
             raise CheckpointError(f"{path} is corrupt (its sha256 differs from the one recorded when it was saved)")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def point(root: Path, alias: str, target: Path) -> None:
     """Make `root/alias` a link to `target` atomically (a temp link renamed over the old one)."""
     tmp = root / f".{alias}.tmp-{os.getpid()}"
@@ -175,81 +166,7 @@ def load_state(checkpoint: Path) -> dict:
             warnings.simplefilter("ignore")
             return torch.load(checkpoint / STATE, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  any failure here means an unusable file
-        raise CheckpointError(f"cannot read training state {checkpoint / STATE}: {_one_line(exc)}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from `.safetensors`, or from `.pt/.pth/.bin` via `torch.load(weights_only=True)`.
-
-    Never unpickles arbitrary objects: a file that would need that is refused.
-    """
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"{path}: not a valid safetensors file ({_one_line(exc)})") from None
-    if suffix not in WEIGHT_SUFFIXES:
-        raise CheckpointError(f"{path}: unsupported weights format '{suffix}'; expected one of "
-                              f"{', '.join(WEIGHT_SUFFIXES)} or a run directory")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols; the verdict is ours to give
-            warnings.simplefilter("ignore")
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        message = _one_line(exc)
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
-            message = ("it holds Python objects other than tensors, and unpickling them could run code; "
-                       "only plain state dicts are loaded (save with torch.save(model.state_dict()) or safetensors)")
-        raise CheckpointError(f"refused to load {path}: {message}") from None
-    return _as_state_dict(data, path)
-
-
-def _as_state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-            break
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{path}: expected a state dict (names -> tensors), got {type(data).__name__}")
-    return data
-
-
-def resolve_weights(ref: str) -> tuple[Path, Path | None]:
-    """`run_dir`, `run_dir@last|@best` or a weights file -> (weights file, run dir or None).
-
-    A run dir means its best checkpoint (its last one when it has no best)."""
-    path_text, at, alias = ref.rpartition("@")
-    if not at or alias not in ("last", "best"):
-        path_text, alias = ref, ""
-    path = Path(path_text)
-    if path.is_file():
-        if alias:
-            raise CheckpointError(f"{ref}: '@{alias}' only applies to a run directory")
-        return path, None
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such run directory or weights file")
-    if any(path.glob("seed-*/run.json")):
-        raise CheckpointError(f"{path} is a multi-seed run; name one of its seed runs, e.g. {path}/seed-N")
-    root = path / "checkpoints"
-    if not root.is_dir():
-        raise CheckpointError(f"{path}: not a run directory (no checkpoints/) and not a weights file")
-    order = [alias] if alias else ["best", "last"]
-    for name in order:
-        target = alias_target(root, name)
-        if target is not None:
-            verify(target)
-            return target / WEIGHTS, path
-    raise CheckpointError(f"{path}: no complete '{order[0]}' checkpoint in {root}")
+        raise CheckpointError(f"cannot read training state {checkpoint / STATE}: {one_line(exc)}") from None
 
 
 def read_meta(checkpoint: Path) -> dict:

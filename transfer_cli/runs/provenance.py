@@ -1,11 +1,14 @@
-"""Facts about the environment a run records in run.json."""
+"""Facts a run records in run.json: the environment it ran in, and the sha256 of the files it
+started from (also what a checkpoint's completion marker checks)."""
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -41,3 +44,11 @@ def device_name(device: torch.device) -> str:
 
 def command_line() -> list[str]:
     return list(sys.argv)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
-from transfer_cli.runs import runlock
 from transfer_cli.core.errors import RunDirError
+from transfer_cli.runs import runlock
 
 Mode = Literal["new", "overwrite", "resume"]
 MIN_FREE_BYTES = 50 * 2**20

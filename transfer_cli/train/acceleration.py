@@ -14,8 +14,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from transfer_cli.dist import distributed
 from transfer_cli.core.errors import ConfigError
+from transfer_cli.dist import distributed
 
 Warn = Callable[[str], None]
 

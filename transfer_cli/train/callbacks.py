@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional
 
-from transfer_cli.runs import checkpoints as ckpt
-from transfer_cli.dist import distributed
 from transfer_cli.core.console import Console, format_value
-from transfer_cli.train.engine import BaseCallback, Engine, TrainState
+from transfer_cli.dist import distributed
+from transfer_cli.runs import checkpoints as ckpt
 from transfer_cli.runs.rundir import RunDir
+from transfer_cli.train.engine import BaseCallback, Engine, TrainState
 from transfer_cli.train.seeding import rng_state
 from transfer_cli.train.strategies import apply_phase, describe, phase_at
 

@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterator, Optional, Protocol
 import torch
 from torch import nn
 
-from transfer_cli.dist import distributed
-from transfer_cli.data.bundle import TensorSplit
 from transfer_cli.core.errors import Interrupted, RunFailed
+from transfer_cli.data.bundle import TensorSplit
+from transfer_cli.dist import distributed
 from transfer_cli.eval.evaluation import Evaluator, autocast
 from transfer_cli.train.schedules import Schedule
 

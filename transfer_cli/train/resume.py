@@ -7,14 +7,15 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from transfer_cli.runs import checkpoints as ckpt
-from transfer_cli.dist import distributed
 from transfer_cli.config.schema import Experiment
 from transfer_cli.core.console import Console
-from transfer_cli.train.engine import Engine, TrainState
 from transfer_cli.core.errors import CheckpointError, RunDirError
+from transfer_cli.dist import distributed
+from transfer_cli.runs import checkpoints as ckpt
 from transfer_cli.runs.rundir import RunDir
+from transfer_cli.train.engine import Engine, TrainState
 from transfer_cli.train.seeding import set_rng_state
+from transfer_cli.weights.files import read_weights
 
 
 def restore_training(run: RunDir, exp: Experiment, engine: Engine, console: Console,
@@ -73,7 +74,7 @@ def _restore(run: RunDir, exp: Experiment, engine: Engine, console: Console, smo
             ckpt.verify(path)
             state = ckpt.load_state(path)
             # a run whose exported weights differ from its training state (LoRA) keeps the latter
-            weights = state["model"] if "model" in state else ckpt.read_weights(path / ckpt.WEIGHTS)
+            weights = state["model"] if "model" in state else read_weights(path / ckpt.WEIGHTS)
             if load:
                 engine.model.load_state_dict(weights)
                 engine.load_training_state(state["engine"])

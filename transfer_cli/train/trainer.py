@@ -7,17 +7,17 @@ import math
 import time
 from typing import TYPE_CHECKING, Optional
 
-from transfer_cli.dist import distributed
-from transfer_cli.train.acceleration import StepModuleBuilder, check_channels_last, to_channels_last
-from transfer_cli.train.callbacks import Checkpointer, ConsoleProgress, EarlyStopping, MetricsLog, PhaseController
 from transfer_cli.config.schema import Experiment
 from transfer_cli.core.console import Console
-from transfer_cli.data.bundle import TensorSplit
-from transfer_cli.train.engine import Engine, EngineConfig, TrainState
 from transfer_cli.core.errors import ConfigError
+from transfer_cli.data.bundle import TensorSplit
+from transfer_cli.dist import distributed
+from transfer_cli.runs.rundir import RunDir
+from transfer_cli.train.acceleration import StepModuleBuilder, check_channels_last, to_channels_last
+from transfer_cli.train.callbacks import Checkpointer, ConsoleProgress, EarlyStopping, MetricsLog, PhaseController
+from transfer_cli.train.engine import Engine, EngineConfig, TrainState
 from transfer_cli.train.features import can_cache, extract_features
 from transfer_cli.train.optim import OPTIMIZERS, lr_scales, param_groups
-from transfer_cli.runs.rundir import RunDir
 from transfer_cli.train.schedules import SCHEDULES
 from transfer_cli.train.strategies import Phase, build_plan, plan_schedule
 

@@ -9,11 +9,12 @@ from typing import Optional
 
 import torch
 
-from transfer_cli.runs.checkpoints import read_weights, resolve_weights, sha256_of
 from transfer_cli.config.schema import KeyMap
 from transfer_cli.core.errors import CheckpointError
-from transfer_cli.weights.keymap import key_filter, map_keys, suggest_key_map
 from transfer_cli.models.base import TransferModel
+from transfer_cli.runs.provenance import sha256_of
+from transfer_cli.weights.files import read_weights, resolve_weights
+from transfer_cli.weights.keymap import key_filter, map_keys, suggest_key_map
 
 HEAD_PREFIX = "head."
 

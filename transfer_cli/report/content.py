@@ -1,0 +1,61 @@
+"""The content of report.json (schema in README: "report.json") and the one-line summaries of the
+data and the model that run.json and the console show."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from torch import nn
+
+from transfer_cli.config.schema import Experiment
+from transfer_cli.data.bundle import DataBundle
+from transfer_cli.eval.evaluation import SplitResult
+from transfer_cli.report.headline import SCHEMA_VERSION
+
+if TYPE_CHECKING:  # the recipes build these; the report only reads them
+    from transfer_cli.recipes.parts import Parts, RunOptions
+
+
+def make_report_header(stage: str, exp: Experiment, opts: RunOptions) -> dict:
+    """The keys every report.json starts with (schema in README: "report.json")."""
+    return {"schema_version": SCHEMA_VERSION, "stage": stage, "name": exp.name, "run_dir": exp.run_dir,
+            "smoke": opts.smoke, "eval_split": exp.eval.split}
+
+
+def make_report(stage: str, exp: Experiment, parts: Parts, results: dict[str, SplitResult], lineage: dict,
+                timings: dict, opts: RunOptions, checkpoint: Optional[dict], stop_reason: Optional[str] = None) -> dict:
+    """The report.json content; plots are added when written, the gain by a baseline."""
+    names = ["loss"] + list(exp.eval.metrics or [])
+    return {
+        **make_report_header(stage, exp, opts), "task": parts.data.task,
+        "metric_names": list(exp.eval.metrics or []),
+        "metrics": {split: {n: r.metrics[n] for n in names if n in r.metrics} for split, r in results.items()},
+        "splits": {split: {"size": r.size, **(r.breakdown or {})} for split, r in results.items()},
+        "monitor": parts.monitor, "monitor_mode": "max" if parts.monitor_higher_is_better else "min",
+        "headline": {"metric": parts.monitor.split("/", 1)[1], "higher_is_better": parts.monitor_higher_is_better},
+        "checkpoint": checkpoint, "stop_reason": stop_reason,
+        "data": data_info(exp, parts.data), "lineage": lineage, "timings": timings,
+        "transfer_gain": None, "predictions": None, "plots": {},
+    }
+
+
+def data_info(exp: Experiment, data: DataBundle) -> dict:
+    return {"name": exp.data.name, "task": data.task, "num_outputs": data.num_outputs,
+            "class_names": data.class_names, "input_shape": list(data.input_shape),
+            "sizes": {name: len(split) for name, split in data.splits.items()}, **data.info}
+
+
+def model_info(exp: Experiment, model: nn.Module) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"name": exp.model.name, "parameters": total, "trainable": trainable}
+
+
+def data_line(data: DataBundle) -> str:
+    sizes = "/".join(str(len(s)) for s in data.splits.values())
+    return f"data {data.task} {data.num_outputs} outputs, {'/'.join(data.splits)} = {sizes}"
+
+
+def model_line(exp: Experiment, model: nn.Module) -> str:
+    info = model_info(exp, model)
+    return f"model {info['name']} {info['parameters']:,} params ({info['trainable']:,} trainable)"

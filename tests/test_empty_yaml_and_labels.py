@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_cli, write_yaml
 
@@ -165,3 +166,45 @@ def test_set_null_still_clears_an_optional_key(tiny: Path) -> None:
     result = run_cli("validate", "configs/tiny/pretrain.yaml", "--set", "train.clip_grad_norm=null",
                      "--set", "name=null")
     assert result.exit_code == 0, result.output
+
+
+# ---- label ranges ----------------------------------------------------------------------------
+X = np.zeros((40, 3), np.float32)
+
+
+def _tensors(tmp: Path, y: np.ndarray, **params: object) -> Path:
+    np.savez(tmp / "d.npz", x=X[: len(y)], y=y)
+    return write_yaml(tmp / "cfg.yaml", {
+        "run_dir": "runs/t", "data": {"name": "tensors", "params": {"path": "d.npz", **params}, "batch_size": 16},
+        "model": {"name": "mlp", "params": {"hidden": [16]}}, "train": {"epochs": 1, "device": "cpu"}})
+
+
+@pytest.mark.parametrize("y, params, expected", [
+    # every label negative: the range used to be printed as 0..-3
+    (np.full(40, -3), {}, "label -3 (sample 0) is out of range: labels are class indices counted from 0 "
+                          "(0..K-1 for K classes), so never negative; shift the labels to start at 0"),
+    (np.arange(40) % 5 - 1, {}, "label -1 (sample 0) is out of range: labels are class indices counted from 0"),
+    (np.arange(40) % 2 - 1, {"classes": ["a", "b"]},
+     "label -1 (sample 0) is out of range: labels are class indices 0..1 (the 2 classes in data.params.classes)"),
+    (np.arange(40) % 4, {"classes": ["a", "b", "c"]},
+     "label 3 (sample 3) is out of range: labels are class indices 0..2 (the 3 classes in data.params.classes)"),
+    (np.arange(40) % 2, {"classes": ["a"]},
+     "data.params.classes: a classification task needs at least 2 classes; got 1 ('a')"),
+    (np.zeros(40, np.int64), {}, "a classification task needs at least 2 classes; every label is 0"),
+    (np.arange(40) % 3 - 1, {"task": "binary"}, "binary labels must be 0 or 1; sample 0 has -1"),
+])
+def test_label_range_messages(tmp_path: Path, monkeypatch, y: np.ndarray, params: dict, expected: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    _tensors(tmp_path, y, **params)
+    line = _one_line_error("pretrain", "cfg.yaml")
+    assert expected in line, line
+    assert "..-" not in line and "0..0" not in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_per_class_shortfall_names_each_class(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _tensors(tmp_path, np.array([0] * 30 + [1] * 2 + [2] * 8))
+    line = _one_line_error("pretrain", str(path), "--set", "data.per_class=5")
+    assert "data.per_class: 5 examples per class requested, but class 1 has 2" in line, line
+    assert "lower data.per_class" in line, line

@@ -84,7 +84,8 @@ def test_data_section_null(tiny: Path) -> None:
 def test_extends_target_without_keys(tiny: Path, text: str, said: str, header: str) -> None:
     write_yaml(tiny / "configs" / "tiny" / "base.yaml", text)
     line = _one_line_error("validate", "configs/tiny/pretrain.yaml")
-    assert line.startswith(f"error: {header}: configs/tiny/base.yaml (extended by configs/tiny/pretrain.yaml:1): "), line
+    named = "configs/tiny/base.yaml (extended by configs/tiny/pretrain.yaml:1): "
+    assert line.startswith(f"error: {header}: {named}"), line
     assert said in line and "remove it from the extends of configs/tiny/pretrain.yaml" in line, line
 
 

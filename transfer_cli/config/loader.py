@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from transfer_cli.config.yamlio import KeyPath, parse_yaml, read_yaml
+from transfer_cli.config.yamlio import EXAMPLE, ConfigLoader, KeyPath, parse_yaml, read_mapping
 from transfer_cli.core.errors import ConfigError
 
 # Sections naming a registered component: a child that changes `name` replaces `params`.
@@ -61,21 +61,18 @@ def _merge_into(base: dict, child: dict, prefix: KeyPath, origins: dict[KeyPath,
             base[key] = copy.deepcopy(value)
 
 
-def load_raw(path: str | Path) -> RawConfig:
-    """Read a config file and everything it `extends` (relative to the file; cycles refused)."""
-    return _load_file(Path(path), stack=())
+def load_raw(path: str | Path, shown: str = "", hint: str = "") -> RawConfig:
+    """Read a config file and everything it `extends` (relative to the file; cycles refused).
+    `shown`/`hint`: how an error names the file and what it suggests (e.g. for a run's config.yaml)."""
+    return _load_file(Path(path), stack=(), shown=shown, hint=hint)
 
 
-def _load_file(path: Path, stack: tuple[Path, ...]) -> RawConfig:
+def _load_file(path: Path, stack: tuple[Path, ...], shown: str = "", hint: str = "") -> RawConfig:
     resolved = path.resolve()
     if resolved in stack:
         chain = " -> ".join(str(p) for p in stack + (resolved,))
         raise ConfigError([f"{path}: extends cycle: {chain}"], header="bad extends")
-    data, lines = read_yaml(path)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of keys, got {type(data).__name__}"])
+    data, lines = read_mapping(path, shown, hint)
     origins = {key: f"{path}:{line}" for key, line in lines.items()}
     parents = data.pop("extends", None)
     _drop_origins(origins, ("extends",))
@@ -84,19 +81,20 @@ def _load_file(path: Path, stack: tuple[Path, ...]) -> RawConfig:
         return own
     if isinstance(parents, str):
         parents = [parents]
+    where = f"{path}:{lines.get(('extends',), '?')}"
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
-        where = f"{path}:{lines.get(('extends',), '?')}"
         raise ConfigError([f"{where}: extends: expected a path or a list of paths, got {parents!r}"])
     merged = RawConfig({}, {}, str(path))
     for parent in parents:
         parent_path = (path.parent / parent)
         if not parent_path.is_file():
-            where = f"{path}:{lines.get(('extends',), '?')}"
             raise ConfigError(
                 [f"{where}: extends: file not found: {parent_path} (paths are relative to {path.parent})"],
                 header="bad extends",
             )
-        merged = merged.merged(_load_file(parent_path, stack + (resolved,)))
+        merged = merged.merged(_load_file(
+            parent_path, stack + (resolved,), shown=f"{parent_path} (extended by {where})",
+            hint=f"expected a mapping of keys, {EXAMPLE}; or remove it from the extends of {path}"))
     return merged.merged(own)
 
 
@@ -107,9 +105,15 @@ def parse_set(expr: str) -> RawConfig:
     if not sep or not all(keypath):
         raise ConfigError([f"--set {expr}: expected KEY.PATH=VALUE, e.g. --set optim.lr=0.01"], header="bad --set")
     try:
-        value = parse_yaml(text) if text.strip() else None
+        empty = yaml.compose(text, Loader=ConfigLoader) is None  # nothing, or only a comment
+        value = parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"--set {expr}: value is not valid YAML ({exc})"], header="bad --set") from None
+    if empty:
+        what = "no value after '='" if not text.strip() else f"the value {text.strip()!r} is only a comment"
+        raise ConfigError([f"--set {expr}: {what}; give one, e.g. --set {key.strip()}=VALUE (a section takes "
+                           f"a mapping: --set train={{epochs: 3}}), or --set {key.strip()}=null to clear the key"],
+                          header="bad --set")
     data: dict[str, Any] = {}
     node = data
     for part in keypath[:-1]:

@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
-
 from transfer_cli.config.loader import RawConfig, apply_sets, load_raw
 from transfer_cli.config.schema import Experiment, absolute_ref
 from transfer_cli.config.validate import validate
+from transfer_cli.config.yamlio import read_mapping
 from transfer_cli.core.errors import ConfigError, UsageError
 
 Stage = Literal["pretrain", "finetune", "evaluate"]
@@ -38,7 +37,7 @@ def read_sources(source: Path, stage: Stage, sets: list[str], init_from: Optiona
             raise UsageError(f"{source} is a directory; `transfer {stage}` takes a config file")
         if not (source / "config.yaml").is_file():
             raise UsageError(f"{source} is not a run directory (no config.yaml)")
-        raw = load_raw(source / "config.yaml")
+        raw = load_raw(source / "config.yaml", **run_config_naming(source))
         raw = _keep_source(raw, raw.merged(_layer(("eval", "checkpoint"), str(source), f"run dir {source}")))
     elif not source.exists():
         raise UsageError(f"config file not found: {source}")
@@ -140,12 +139,15 @@ def _run_dir(ref: str) -> Path:
 def _run_config(ref: Optional[str]) -> Optional[dict]:
     if not ref or not (_run_dir(ref) / "config.yaml").is_file():
         return None
-    config_file = _run_dir(ref) / "config.yaml"
-    try:
-        parent = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError([f"{config_file}: cannot read the run's config: {exc}"]) from None
-    return parent if isinstance(parent, dict) else None
+    data, _lines = read_mapping(_run_dir(ref) / "config.yaml", **run_config_naming(_run_dir(ref)))
+    return data
+
+
+def run_config_naming(run: Path) -> dict[str, str]:
+    """How an error names a run's config.yaml and what it suggests (see yamlio.read_mapping)."""
+    return {"shown": f"{run / 'config.yaml'} (the config of run {run})",
+            "hint": "a run's config.yaml records the config it ran with: restore it from a copy, or run that "
+                    "stage again"}
 
 
 def _ref_problems(ref: Optional[str], key: str, flag: str, origin: str) -> list[str]:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from transfer_cli.config.loader import COMPONENTS, RawConfig
 from transfer_cli.config.schema import Experiment
+from transfer_cli.config.yamlio import EXAMPLE
 from transfer_cli.core.errors import ConfigError
 from transfer_cli.core.registry import Registry, UnknownName, did_you_mean
 
@@ -50,7 +51,10 @@ def validate(raw: RawConfig, registries: dict[str, Registry]) -> Experiment:
 def _validate_params(raw: RawConfig, section: str, registry: Registry, problems: list[str]) -> dict | None:
     block = raw.data.get(section)
     if block is None:
-        defaults = Experiment.model_fields[section].get_default(call_default_factory=True)
+        field = Experiment.model_fields[section]
+        if field.is_required():
+            return None  # the schema pass reports it (`data` has no default)
+        defaults = field.get_default(call_default_factory=True)
         if defaults is None:
             return None
         block = {"name": defaults.name}
@@ -99,7 +103,10 @@ def _describe(err: dict, model: type[BaseModel], loc: Loc) -> str:
         allowed = f"; allowed here: {', '.join(known)}" if known else ""
         return f"unknown key{hint}{allowed}"
     if kind == "missing":
-        return "required key is missing"
+        return "required key is missing" + (f" ({EXAMPLE})" if loc == ("data",) else "")
+    if kind in ("model_type", "dict_type") and err.get("input") is None:
+        return ("expected a mapping of keys, got nothing (null, or an empty section with only comments "
+                "under it); give its keys, or leave the section out for its defaults")
     message = err["msg"].removeprefix("Value error, ")
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", ""))

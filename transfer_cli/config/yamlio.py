@@ -34,6 +34,52 @@ def read_yaml(path: Path) -> tuple[Any, dict[KeyPath, int]]:
 
     Tags such as `!!python/object` are refused: a config is data, never code.
     """
+    _text, _node, data, lines = _read(path)
+    return data, lines
+
+
+EXAMPLE = "e.g. `data: {name: motifs}`"
+
+
+def read_mapping(path: Path, shown: str = "", hint: str = "") -> tuple[dict, dict[KeyPath, int]]:
+    """`read_yaml` for a file that must hold a mapping of keys (a config, an `extends` target, a
+    run's config.yaml): a file that is empty, only comments, `null`, a scalar or a list is one
+    clear error naming it. `shown`: how to name the file (default: its path); `hint`: what to do."""
+    text, node, data, lines = _read(path)
+    name = shown or str(path)
+    suggestion = hint or f"expected a mapping of keys, {EXAMPLE}"
+    if data is None:
+        if not text.strip():
+            what = "the file is empty"
+        elif node is None:
+            what = "the file holds only comments"
+        else:
+            line = _first_content_line(text)
+            what = f"the file holds only `{line}`" + ("" if line.lower() in ("null", "~") else " (a null document)")
+        raise ConfigError([f"{name}: {what}; {suggestion}"], header="empty config")
+    if not isinstance(data, dict):
+        raise ConfigError([f"{name}: the top level must be a mapping of keys ({EXAMPLE}); got {_shape(data)}"
+                           + (f"; {hint}" if hint else "")])
+    return data, lines
+
+
+def _first_content_line(text: str) -> str:
+    for line in text.splitlines():
+        stripped = line.split("#", 1)[0].strip()
+        if stripped:
+            return stripped
+    return "null"
+
+
+def _shape(data: Any) -> str:
+    if isinstance(data, list):
+        return f"a list of {len(data)} item{'s' if len(data) != 1 else ''}" if data else "an empty list"
+    kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}.get(type(data), type(data).__name__)
+    shown = repr(data) if len(repr(data)) <= 40 else repr(data)[:37] + "..."
+    return f"{kind}, {shown}"
+
+
+def _read(path: Path) -> tuple[str, Any, Any, dict[KeyPath, int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -58,7 +104,7 @@ def read_yaml(path: Path) -> tuple[Any, dict[KeyPath, int]]:
         _walk(node, (), lines, duplicates, path)
     if duplicates:
         raise ConfigError(duplicates, header="duplicate keys in YAML")
-    return data, lines
+    return text, node, data, lines
 
 
 def _walk(node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath, int], dups: list[str], path: Path) -> None:

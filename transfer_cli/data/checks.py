@@ -49,7 +49,9 @@ def _check_labels(split: Split, data: DataBundle, where: str) -> None:
     if data.task == "multiclass":
         if y.is_floating_point():
             raise DataError(f"{where}: multiclass labels must be integers (class indices), got {y.dtype}")
-        allowed = f"0..{n - 1} ({n} classes)"
+        allowed = (f"0..{n - 1} ({n} classes)" if n >= 2 else  # never 0..0 or 0..-1
+                   f"a class index, but the data declares {n} class{'es' * (n != 1)} (a classification task "
+                   f"needs at least 2)")
         out_of_range = (y < 0) | (y >= n)
     else:
         allowed = "0 or 1"

@@ -16,10 +16,11 @@ def select_per_class(labels: torch.Tensor, k: int, seed: int, class_names: list[
         members = torch.nonzero(labels == cls).flatten()
         if len(members) < k:
             name = class_names[cls] if class_names else str(cls)
-            short.append(f"{name} has {len(members)}")
+            short.append(f"class {name} has {len(members)}")
             continue
         pick = torch.randperm(len(members), generator=generator)[:k]
         chosen.append(members[pick])
     if short:
-        raise DataError(f"data.per_class: {k} examples per class requested, but class {'; '.join(short)}")
+        raise DataError(f"data.per_class: {k} examples per class requested, but {'; '.join(short)} in the "
+                        f"training data; lower data.per_class")
     return torch.cat(chosen).sort().values

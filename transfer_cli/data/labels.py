@@ -108,29 +108,39 @@ def _multiclass(ys: dict[str, torch.Tensor], classes: Optional[list[str]], where
             raise DataError(f"{where[split]}: multiclass labels must have shape (N,), got {tuple(y.shape)}; "
                             f"for one 0/1 column per class set data.params.task: multilabel")
         out[split] = _as_integers(y, where[split])
+    if classes is not None and len(classes) < 2:
+        raise DataError(f"data.params.classes: a classification task needs at least 2 classes; got {len(classes)} "
+                        f"({', '.join(repr(c) for c in classes)})")
     found = max(int(y.max()) + 1 if len(y) else 0 for y in out.values())
     count = len(classes) if classes else found
     for split, y in out.items():
-        row = _first_outside(y, 0, count)
+        row = _first_outside(y, 0, max(count, 1))
         if row is not None:
-            expected = f"the {count} classes in data.params.classes" if classes else "non-negative"
             raise DataError(f"{where[split]}: label {int(y[row])} (sample {row}) is out of range: labels are "
-                            f"class indices 0..{count - 1} ({expected})")
+                            f"class indices {_index_range(classes)}")
     if count < 2:
-        raise DataError(f"{next(iter(where.values()))}: a classification task needs at least 2 classes; the labels "
-                        f"have {count}")
+        labels = "there are no labels" if count == 0 else "every label is 0"
+        raise DataError(f"{next(iter(where.values()))}: a classification task needs at least 2 classes; {labels}")
     names = classes or [str(i) for i in range(count)]
     return Targets(out, "multiclass", count, names)
 
 
-def _zero_one(ys: dict[str, torch.Tensor], where: dict[str, str]) -> dict[str, torch.Tensor]:
+def _index_range(classes: Optional[list[str]]) -> str:
+    """The class indices a label may take (without data.params.classes the labels define the count)."""
+    if classes:
+        return f"0..{len(classes) - 1} (the {len(classes)} classes in data.params.classes)"
+    return ("counted from 0 (0..K-1 for K classes), so never negative; shift the labels to start at 0, or set "
+            "data.params.task: regression for numeric targets")
+
+
+def _zero_one(ys: dict[str, torch.Tensor], where: dict[str, str], task: str) -> dict[str, torch.Tensor]:
     out = {}
     for split, y in ys.items():
         y = _as_integers(y, where[split])
         row = _first_outside(y, 0, 2)
         if row is not None:
-            raise DataError(f"{where[split]}: binary/multi-label targets must be 0 or 1; sample {row} has "
-                            f"{y[row].tolist()}")
+            what = "binary labels" if task == "binary" else "multi-label targets (one 0/1 column per class)"
+            raise DataError(f"{where[split]}: {what} must be 0 or 1; sample {row} has {y[row].tolist()}")
         out[split] = y
     return out
 
@@ -141,7 +151,7 @@ def _binary(ys: dict[str, torch.Tensor], classes: Optional[list[str]], where: di
     for split, y in ys.items():
         if y.dim() != 1:
             raise DataError(f"{where[split]}: binary labels must have shape (N,), got {tuple(y.shape)}")
-    return Targets(_zero_one(ys, where), "binary", 1, classes or ["0", "1"])
+    return Targets(_zero_one(ys, where, "binary"), "binary", 1, classes or ["0", "1"])
 
 
 def _multilabel(ys: dict[str, torch.Tensor], classes: Optional[list[str]], where: dict[str, str]) -> Targets:
@@ -153,7 +163,7 @@ def _multilabel(ys: dict[str, torch.Tensor], classes: Optional[list[str]], where
                             f"split, got {tuple(y.shape)}")
     if classes is not None and len(classes) != width:
         raise DataError(f"data.params.classes: {len(classes)} names for {width} label columns")
-    return Targets(_zero_one(ys, where), "multilabel", width, classes or [str(i) for i in range(width)])
+    return Targets(_zero_one(ys, where, "multilabel"), "multilabel", width, classes or [str(i) for i in range(width)])
 
 
 def _regression(ys: dict[str, torch.Tensor], classes: Optional[list[str]], where: dict[str, str]) -> Targets:

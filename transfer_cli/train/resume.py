@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
 from transfer_cli.config.schema import Experiment
 from transfer_cli.core.console import Console
 from transfer_cli.core.errors import CheckpointError, RunDirError
@@ -130,10 +132,15 @@ def check_same_config(run: RunDir, exp: Experiment, smoke: bool = False) -> None
                           f"or start a new run (--run-dir / --overwrite)")
     try:
         stored = run.read_config()
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"cannot resume {run.path}: its config.yaml is unreadable ({exc})") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        mark = getattr(exc, "problem_mark", None)  # a YAML error's own text spans several lines
+        why = f"line {mark.line + 1}: {exc.problem}" if mark else " ".join(str(exc).split())
+        raise RunDirError(f"cannot resume {run.path}: its config.yaml is unreadable ({why})") from None
+    if not isinstance(stored, dict):
+        raise RunDirError(f"cannot resume {run.path}: its config.yaml holds no config (empty, only comments or "
+                          f"not a mapping of keys); restore it, or start a new run (--run-dir / --overwrite)")
     # where the run lives is not part of the experiment: a run dir that was moved resumes
-    stored = {k: v for k, v in (stored or {}).items() if k != "run_dir"}
+    stored = {k: v for k, v in stored.items() if k != "run_dir"}
     current = {k: v for k, v in exp.model_dump(mode="json").items() if k != "run_dir"}
     differences = _diff(stored, current)
     if differences:

@@ -15,6 +15,8 @@ from transfer_cli.breakdown import class_labels
 from transfer_cli.config.schema import Experiment, TransferConfig
 from transfer_cli.console import Console
 from transfer_cli.data import DataBundle
+from transfer_cli import outcomes
+from transfer_cli.diagnostics import diagnose
 from transfer_cli.engine import TrainState
 from transfer_cli.errors import Interrupted, TransferError
 from transfer_cli.evaluation import SplitResult
@@ -69,6 +71,7 @@ def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
         report["predictions"] = str(predictions)
     finish_run(run, report, console)
     console.show(headline_table(report))
+    show_diagnostics(report, console)
     return report
 
 
@@ -155,7 +158,15 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
     finally:
         trainer.close()
     console.show(headline_table(report))
+    show_diagnostics(report, console)
     return report
+
+
+def show_diagnostics(report: dict, console: Console) -> None:
+    if report.get("smoke"):  # a few steps: every model looks collapsed and unconverged
+        return
+    for note in (report.get("diagnostics") or {}).get("warnings", []):
+        console.warn(note)
 
 
 def _final_report(stage: str, exp: Experiment, parts: Parts, run: RunDir, trainer: Trainer, state: TrainState,
@@ -171,15 +182,27 @@ def _final_report(stage: str, exp: Experiment, parts: Parts, run: RunDir, traine
     tic = time.perf_counter()
     val = parts.data.splits.get("val")
     reported = (["val"] if val is not None else []) + ([exp.eval.split] if exp.eval.split != "val" else [])
-    results = {name: parts.evaluator.run(parts.data.split(name), detailed=True) for name in reported}
+    results = {name: parts.evaluator.run(parts.data.split(name), detailed=True, keep_predictions=name == exp.eval.split)
+               for name in reported}
+    keep_outcomes(run, parts, exp.eval.split, results[exp.eval.split])
     steps_run = state.step - (started.get("resumed_at") or 0)
     timings = {"train_seconds": round(train_seconds, 3), "eval_seconds": round(time.perf_counter() - tic, 3),
                "steps": state.step, "steps_per_second": round(steps_run / train_seconds, 2) if train_seconds else None}
     if trainer.cache_seconds:
         timings["feature_cache_seconds"] = round(trainer.cache_seconds, 3)
-    report = make_report(stage, exp, parts, results, lineage, timings, opts, checkpoint, state.stop_reason)
+    report = make_report(stage, exp, parts, results, lineage, timings, opts, checkpoint, state.stop_reason,
+                         history=state.history)
     finish_run(run, report, trainer.console)
     return report
+
+
+def keep_outcomes(run: RunDir, parts: Parts, split: str, result: SplitResult) -> None:
+    """The eval split's per-sample decisions into the run dir, for paired comparisons; the
+    probabilities are not kept in the report."""
+    kept = outcomes.decisions(parts.data.task, result, parts.context.threshold)
+    result.predictions = result.targets = None
+    if kept is not None:
+        outcomes.save(run, split, kept)
 
 
 def record_stop(run: RunDir, state: Optional[TrainState], exc: BaseException) -> None:
@@ -257,9 +280,13 @@ def make_report_header(stage: str, exp: Experiment, opts: RunOptions) -> dict:
 
 
 def make_report(stage: str, exp: Experiment, parts: Parts, results: dict[str, SplitResult], lineage: dict,
-                timings: dict, opts: RunOptions, checkpoint: Optional[dict], stop_reason: Optional[str] = None) -> dict:
+                timings: dict, opts: RunOptions, checkpoint: Optional[dict], stop_reason: Optional[str] = None,
+                history: Optional[list[dict]] = None) -> dict:
     """The report.json content; plots are added when written, the gain by a baseline."""
     names = ["loss"] + list(exp.eval.metrics or [])
+    split = exp.eval.split
+    found = diagnose(stage, split, results[split].breakdown, history or [], parts.monitor,
+                     parts.monitor_higher_is_better, stop_reason)
     return {
         **make_report_header(stage, exp, opts), "task": parts.data.task,
         "metric_names": list(exp.eval.metrics or []),
@@ -269,7 +296,7 @@ def make_report(stage: str, exp: Experiment, parts: Parts, results: dict[str, Sp
         "headline": {"metric": parts.monitor.split("/", 1)[1], "higher_is_better": parts.monitor_higher_is_better},
         "checkpoint": checkpoint, "stop_reason": stop_reason,
         "data": data_info(exp, parts.data), "lineage": lineage, "timings": timings,
-        "transfer_gain": None, "predictions": None, "plots": {},
+        "transfer_gain": None, "predictions": None, "plots": {}, "diagnostics": found,
     }
 
 

@@ -17,6 +17,7 @@ from transfer_cli.engine import Engine, EngineConfig, TrainState
 from transfer_cli.errors import ConfigError
 from transfer_cli.features import can_cache, extract_features
 from transfer_cli.optim import OPTIMIZERS, lr_scales, param_groups
+from transfer_cli.precise_bn import resolve_batches
 from transfer_cli.rundir import RunDir
 from transfer_cli.schedules import SCHEDULES
 from transfer_cli.strategies import Phase, build_plan, plan_schedule
@@ -57,6 +58,9 @@ class Trainer:
             return SCHEDULES.build(exp.schedule.name, exp.schedule.params,
                                    warmup_steps=exp.schedule.warmup_steps, total_steps=length)
 
+        cfg.precise_bn = resolve_batches(exp.train.precise_bn, self.model, self.total)
+        if smoke:
+            cfg.precise_bn = min(cfg.precise_bn, SMOKE_STEPS)
         self.plan = build_plan(self.model, exp.transfer, steps_per_epoch, self.total, make_schedule, lora_names,
                                compress=smoke)
         self.cached = self._cache_decision(train)

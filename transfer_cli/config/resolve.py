@@ -47,6 +47,8 @@ def read_sources(source: Path, stage: Stage, sets: list[str], init_from: Optiona
     shortcuts = [(("transfer", "init_from"), init_from, "--init-from"),
                  (("eval", "checkpoint"), checkpoint, "--checkpoint"), (("eval", "split"), split, "--split"),
                  (("transfer", "seeds"), seeds, "--seeds"), (("transfer", "baseline"), baseline, "--baseline")]
+    if baseline == "scratch" and isinstance((raw.data.get("transfer") or {}).get("baseline"), dict):
+        shortcuts.pop()  # the config's baseline is a scratch baseline already, with a budget of its own
     for keypath, value, flag in shortcuts:
         if value is not None:
             raw = _keep_source(raw, raw.merged(_layer(keypath, value, f"{flag} {value}")))

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -83,6 +83,18 @@ class TrainConfig(Section):
     eval_every_steps: Optional[int] = Field(None, ge=1, description="default: once per epoch")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     keep_last: int = Field(1, ge=1, description="step checkpoints kept besides best")
+    precise_bn: Union[Literal["auto"], Annotated[int, Field(ge=0)], None] = Field(
+        "auto", description="before each evaluation, recompute the BatchNorm statistics over this many training "
+                            "batches (0/null: off; auto: 50 for a model with BatchNorm in a run of at most 2000 steps)")
+
+    @field_validator("precise_bn", mode="before")
+    @classmethod
+    def _batches_or_auto(cls, value: Any) -> Any:
+        fine = value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                                                    and value >= 0)
+        if not fine:
+            raise ValueError("expected a number of training batches (e.g. 50), 0 or null (off), or auto")
+        return value
 
 
 class EvalConfig(Section):
@@ -122,6 +134,25 @@ class LoraConfig(Section):
                                description="glob patterns over module names (nn.Linear/Conv1d/Conv2d; never the head)")
 
 
+class BaselineConfig(Section):
+    """A scratch baseline with a budget of its own (besides, by default, one with the finetune's)."""
+
+    epochs: Optional[int] = Field(None, ge=1, description="default: the finetune's (x4 with until_converged)")
+    max_steps: Optional[int] = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
+    lr: Optional[float] = Field(None, gt=0, description="default: the finetune's optim.lr")
+    until_converged: bool = Field(False, description="early-stopped: train until the monitored metric stops "
+                                                     "improving (within epochs/max_steps)")
+    patience: int = Field(3, ge=1, description="until_converged: evaluations without improvement before stopping")
+    equal_budget: bool = Field(True, description="also train a baseline with the finetune's own budget")
+
+    @model_validator(mode="after")
+    def _own_budget(self) -> "BaselineConfig":
+        if self.epochs is None and self.max_steps is None and self.lr is None and not self.until_converged:
+            raise ValueError("a baseline mapping sets a budget of its own (epochs, max_steps, lr or "
+                             "until_converged: true); for the finetune's budget write `baseline: scratch`")
+        return self
+
+
 class TransferConfig(Section):
     init_from: Ref = Field(None, description="finetune: run dir (best weights; @last) or weights file")
     head: Literal["auto", "reset", "keep"] = "auto"
@@ -136,7 +167,9 @@ class TransferConfig(Section):
     unfreeze_every: int = Field(1, ge=1)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     cache_features: Union[Literal["auto"], bool] = "auto"
-    baseline: Literal["none", "scratch"] = "none"
+    baseline: Union[Literal["none", "scratch"], BaselineConfig] = Field(
+        "none", description="scratch: the same model from random initialisation with the same budget; a mapping: "
+                            "with a budget of its own (see README: \"Did pretraining help?\")")
     seeds: Optional[list[Annotated[int, Field(ge=0)]]] = Field(None, min_length=1,
                                                                description="repeat the finetune over these seeds")
 

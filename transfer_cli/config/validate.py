@@ -85,9 +85,42 @@ def _validate_metric_names(raw: RawConfig, registry: Registry, problems: list[st
                             f"{UnknownName('metric', name, registry.names())}")
 
 
+# how pydantic names the member of a Union in an error's loc (a field name is never one of these)
+_UNION_MEMBER = re.compile(r"^(literal\[.*\]|bool|int|float|str|none|constrained-\w+|"
+                           r"function-(after|before|wrap|plain)\[.*\]|(list|dict|tuple)\[.*\]|[A-Z]\w*)$")
+
+
+def _union_merged(errors: list[dict]) -> list[dict]:
+    """One error per key where a Union's members each reported one: for a mapping given, those of
+    the mapping's own keys; otherwise one message listing what each member accepts."""
+    groups: dict[tuple, list[dict]] = {}
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
+        groups.setdefault(loc, []).append({**err, "loc": loc, "member": loc != tuple(err["loc"])})
+    out = []
+    for loc, group in groups.items():
+        if len(group) == 1 or not all(e["member"] for e in group):
+            out += group
+            continue
+        custom = [e for e in group if e["type"] == "value_error"]
+        if custom:
+            out += custom
+            continue
+        wanted = [e["msg"].removeprefix("Input should be ") for e in group]
+        wanted = [re.sub(r"a valid dictionary or instance of \w+", "a mapping", w) for w in wanted]
+        merged = {**group[0], "type": "union_error", "msg": "expected " + " or ".join(wanted)}
+        if group[0]["type"] == "literal_error":
+            merged["ctx"] = group[0].get("ctx", {})
+            merged["type"] = "literal_error"
+        out.append(merged)
+    # a mapping's own errors sit one key deeper: keep them, drop the member errors about its type
+    deep = {e["loc"][:-1] for e in out if len(e["loc"]) > 1}
+    return [e for e in out if not (e.get("member") and e["loc"] in deep and isinstance(e.get("input"), dict))]
+
+
 def _render(exc: ValidationError, model: type[BaseModel], prefix: Loc, raw: RawConfig) -> list[str]:
     out = []
-    for err in exc.errors():
+    for err in _union_merged(exc.errors()):
         loc = prefix + tuple(err["loc"])
         path = _dotted(loc)
         origin = raw.origin_of(tuple(str(p) for p in loc))

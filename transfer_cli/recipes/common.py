@@ -10,8 +10,10 @@ from torch import nn
 from transfer_cli.config.schema import Experiment
 from transfer_cli.core.console import Console
 from transfer_cli.dist import distributed
+from transfer_cli.eval import outcomes
+from transfer_cli.eval.evaluation import SplitResult
 from transfer_cli.recipes.lifecycle import (
-    check_run_dir, finish_run, record_stop, report_of_completed, run_path, start_run,
+    check_run_dir, finish_run, record_stop, report_of_completed, run_path, show_diagnostics, start_run,
 )
 from transfer_cli.recipes.parts import Parts, RunOptions
 from transfer_cli.report.content import data_line, make_report, model_line
@@ -61,6 +63,7 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
     finally:
         trainer.close()
     console.show(headline_table(report))
+    show_diagnostics(report, console)
     return report
 
 
@@ -77,15 +80,27 @@ def _final_report(stage: str, exp: Experiment, parts: Parts, run: RunDir, traine
     tic = time.perf_counter()
     val = parts.data.splits.get("val")
     reported = (["val"] if val is not None else []) + ([exp.eval.split] if exp.eval.split != "val" else [])
-    results = {name: parts.evaluator.run(parts.data.split(name), detailed=True) for name in reported}
+    results = {name: parts.evaluator.run(parts.data.split(name), detailed=True, keep_predictions=name == exp.eval.split)
+               for name in reported}
+    keep_outcomes(run, parts, exp.eval.split, results[exp.eval.split])
     steps_run = state.step - (started.get("resumed_at") or 0)
     timings = {"train_seconds": round(train_seconds, 3), "eval_seconds": round(time.perf_counter() - tic, 3),
                "steps": state.step, "steps_per_second": round(steps_run / train_seconds, 2) if train_seconds else None}
     if trainer.cache_seconds:
         timings["feature_cache_seconds"] = round(trainer.cache_seconds, 3)
-    report = make_report(stage, exp, parts, results, lineage, timings, opts, checkpoint, state.stop_reason)
+    report = make_report(stage, exp, parts, results, lineage, timings, opts, checkpoint, state.stop_reason,
+                         history=state.history)
     finish_run(run, report, trainer.console)
     return report
+
+
+def keep_outcomes(run: RunDir, parts: Parts, split: str, result: SplitResult) -> None:
+    """The eval split's per-sample decisions into the run dir, for paired comparisons; the
+    probabilities are not kept in the report."""
+    kept = outcomes.decisions(parts.data.task, result, parts.context.threshold)
+    result.predictions = result.targets = None
+    if kept is not None:
+        outcomes.save(run, split, kept)
 
 
 def _load_best(run: RunDir, model: nn.Module) -> dict:

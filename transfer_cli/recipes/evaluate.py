@@ -11,7 +11,7 @@ from transfer_cli.dist import distributed
 from transfer_cli.eval.breakdown import class_labels
 from transfer_cli.eval.predictions import check_target as check_predictions_target
 from transfer_cli.eval.predictions import write_predictions
-from transfer_cli.recipes.lifecycle import check_run_dir, finish_run, run_path, start_run
+from transfer_cli.recipes.lifecycle import check_run_dir, finish_run, run_path, show_diagnostics, start_run
 from transfer_cli.recipes.parts import RunOptions, build_parts
 from transfer_cli.report.content import make_report
 from transfer_cli.report.headline import headline_table
@@ -42,4 +42,5 @@ def evaluate(exp: Experiment, opts: RunOptions, console: Console) -> dict:
         report["predictions"] = str(predictions)
     finish_run(run, report, console)
     console.show(headline_table(report))
+    show_diagnostics(report, console)
     return report

@@ -7,15 +7,22 @@ from __future__ import annotations
 import statistics
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from transfer_cli.config.schema import Experiment, TransferConfig
-from transfer_cli.core.console import Console, format_value
+import torch
+
+from transfer_cli.config.schema import BaselineConfig, Experiment, TransferConfig
+from transfer_cli.core.console import Console
 from transfer_cli.dist import distributed
+from transfer_cli.eval import outcomes
+from transfer_cli.eval.diagnostics import gain_caveats
+from transfer_cli.eval.significance import over_seeds as spread_over_seeds
+from transfer_cli.eval.significance import paired_t_test
 from transfer_cli.recipes.common import train_and_report
 from transfer_cli.recipes.lifecycle import check_run_dir, record_stop, report_of_completed, run_path, start_run
 from transfer_cli.recipes.parts import Parts, RunOptions, build_parts, resolve_device
 from transfer_cli.report.content import make_report_header
+from transfer_cli.report.gains import gain_line, seeds_gain_line
 from transfer_cli.report.headline import headline_table
 from transfer_cli.report.write import write_report
 from transfer_cli.runs.provenance import now
@@ -24,11 +31,14 @@ from transfer_cli.train.resume import check_same_config
 from transfer_cli.weights.load import load_initial_weights
 
 
+OWN_BUDGET_STRETCH = 4  # until_converged without epochs/max_steps: at most this many times the finetune's budget
+
+
 def finetune(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     if exp.transfer.seeds:
         return over_seeds(exp, opts, console)
     report = finetune_once(exp, opts, console)
-    if exp.transfer.baseline == "scratch":
+    if exp.transfer.baseline != "none":
         report = with_baseline(exp, opts, console, report)
     return report
 
@@ -61,46 +71,103 @@ def prepare_model(exp: Experiment, parts: Parts, console: Console) -> dict:
 
 
 # ---- scratch baseline --------------------------------------------------------------------------
+BUDGETS = {"equal_budget": "baseline", "own_budget": "baseline-own"}  # kind -> folder under the run
+
+
 def with_baseline(exp: Experiment, opts: RunOptions, console: Console, report: dict) -> dict:
-    """Train the same architecture from random initialisation (same data, budget, seed) into
-    `<run>/baseline`, then add both results and the gain to the finetune report."""
+    """Train the same architecture from random initialisation (same data and seed) into
+    `<run>/baseline` with the finetune's budget and/or `<run>/baseline-own` with one of its own,
+    then add the results, the gains and their statistics to the finetune report."""
     run = RunDir(Path(report["run_dir"]))
-    base_exp = exp.model_copy(deep=True)
-    base_exp.transfer = TransferConfig()
-    base_dir = run.path / "baseline"
-    base_opts = replace(opts, run_dir=str(base_dir), config_path=None, overwrite=False,
-                        resume=opts.resume and distributed.on_main(base_dir.exists))
-    console.info(f"baseline: the same model from scratch -> {base_dir}")
-    parts = build_parts(base_exp, base_opts)
-    parts.model.reinitialize_pretrained()  # e.g. an hf_encoder: its own pretrained weights are not scratch
-    base = train_and_report("baseline", base_exp, parts, base_opts, console,
-                            lineage={"init": "random", "seed": exp.seed, "baseline_of": str(run.path)})
-    report = add_gain(report, base)
+    spec = exp.transfer.baseline
+    own = spec if isinstance(spec, BaselineConfig) else None
+    kinds = [k for k in BUDGETS if (k == "equal_budget" and (own is None or own.equal_budget))
+             or (k == "own_budget" and own is not None)]
+    bases = {kind: train_baseline(exp, opts, console, run.path / BUDGETS[kind], own if kind == "own_budget" else None)
+             for kind in kinds}
+    report = add_gains(report, bases, exp)
     write_report(run, report, console)
-    console.info(gain_line(report))
+    for kind in kinds:
+        line = gain_line(report, kind)
+        console.info(line) if report["gains"][kind]["trustworthy"] else console.warn(line)
     return report
 
 
-def add_gain(report: dict, base: dict) -> dict:
-    """report + {"baseline": ..., "transfer_gain": {metric: finetuned - scratch}} on the eval split."""
+def baseline_experiment(exp: Experiment, own: Optional[BaselineConfig]) -> Experiment:
+    """The scratch baseline's config: the finetune's, without transfer, with its own budget when given."""
+    base = exp.model_copy(deep=True)
+    base.transfer = TransferConfig()
+    if own is None:
+        return base
+    stretch = OWN_BUDGET_STRETCH if own.until_converged and own.epochs is None and own.max_steps is None else 1
+    if own.max_steps is not None:
+        base.train.max_steps = own.max_steps
+    elif own.epochs is not None:
+        base.train.epochs, base.train.max_steps = own.epochs, None
+    else:
+        base.train.epochs *= stretch
+        base.train.max_steps = exp.train.max_steps * stretch if exp.train.max_steps else None
+    base.optim.lr = own.lr or exp.optim.lr
+    if own.until_converged:
+        base.train.early_stopping.patience = own.patience
+    return base
+
+
+def train_baseline(exp: Experiment, opts: RunOptions, console: Console, base_dir: Path,
+                   own: Optional[BaselineConfig]) -> dict:
+    base_exp = baseline_experiment(exp, own)
+    base_opts = replace(opts, run_dir=str(base_dir), config_path=None, overwrite=False,
+                        resume=opts.resume and distributed.on_main(base_dir.exists))
+    budget = "the finetune's budget" if own is None else "a budget of its own"
+    console.info(f"baseline: the same model from scratch with {budget} -> {base_dir}")
+    parts = build_parts(base_exp, base_opts)
+    parts.model.reinitialize_pretrained()  # e.g. an hf_encoder: its own pretrained weights are not scratch
+    base = train_and_report("baseline", base_exp, parts, base_opts, console,
+                            lineage={"init": "random", "seed": exp.seed, "baseline_of": str(base_dir.parent),
+                                     "budget": "own" if own else "equal"})
+    base["budget"] = {"epochs": base_exp.train.epochs, "max_steps": base_exp.train.max_steps,
+                      "steps": (base.get("timings") or {}).get("steps"), "lr": base_exp.optim.lr,
+                      "until_converged": bool(own and own.until_converged)}
+    return base
+
+
+def add_gains(report: dict, bases: dict[str, dict], exp: Experiment) -> dict:
+    """report + per baseline kind: the gain in every metric on the eval split, the paired
+    statistics of the headline metric and whether the gain is to be trusted. `transfer_gain`,
+    `baseline` and `negative_transfer` describe the equal-budget baseline when it ran (else the own)."""
     split = report["eval_split"]
-    ours, theirs = report["metrics"][split], base["metrics"][split]
-    gain = {name: ours[name] - theirs[name] for name in ours if name in theirs}
     headline, higher = report["headline"]["metric"], report["headline"]["higher_is_better"]
-    signed = gain[headline] if higher else -gain[headline]
-    return {**report, "baseline": {"run_dir": base["run_dir"], "metrics": base["metrics"]},
-            "transfer_gain": gain, "negative_transfer": signed < 0}
+    gains = {}
+    for kind, base in bases.items():
+        ours, theirs = report["metrics"][split], base["metrics"][split]
+        gain = {name: ours[name] - theirs[name] for name in ours if name in theirs}
+        reasons = gain_caveats(report.get("diagnostics") or {}, base.get("diagnostics") or {})
+        gains[kind] = {"split": split, "metric": headline, "value": gain[headline], "finetuned": ours[headline],
+                       "scratch": theirs[headline], "all": gain, "baseline_run": base["run_dir"],
+                       "budget": base.get("budget"), "negative_transfer": (gain[headline] if higher else -gain[headline]) < 0,
+                       "significance": paired_statistics(report, base, exp), "trustworthy": not reasons,
+                       "reasons": reasons}
+    primary = gains.get("equal_budget") or gains["own_budget"]
+    first = bases.get("equal_budget") or bases["own_budget"]
+    return {**report, "transfer_gain": primary["all"], "negative_transfer": primary["negative_transfer"],
+            "baseline": {"run_dir": first["run_dir"], "metrics": first["metrics"],
+                         "diagnostics": first.get("diagnostics")},
+            "baselines": {kind: {"run_dir": b["run_dir"], "metrics": b["metrics"], "diagnostics": b.get("diagnostics"),
+                                 "budget": b.get("budget")} for kind, b in bases.items()},
+            "gains": gains}
 
 
-def gain_line(report: dict) -> str:
-    split, headline = report["eval_split"], report["headline"]["metric"]
-    ours = report["metrics"][split][headline]
-    theirs = report["baseline"]["metrics"][split][headline]
-    gain = report["transfer_gain"][headline]
-    verdict = ("NEGATIVE TRANSFER: the scratch baseline is better" if report["negative_transfer"]
-               else "pretraining helped")
-    return (f"transfer gain on {split}: {headline} {gain:+.4f} (finetuned {format_value(ours)} vs scratch "
-            f"{format_value(theirs)}): {verdict}")
+def paired_statistics(report: dict, base: dict, exp: Experiment) -> Optional[dict]:
+    """McNemar / paired t and the bootstrap interval of the finetuned against the baseline on the
+    eval split's samples (None when either run kept no per-sample decisions)."""
+    split = report["eval_split"]
+    ours, theirs = outcomes.load(report["run_dir"], split), outcomes.load(base["run_dir"], split)
+    if ours is None or theirs is None:
+        return None
+    metric = report["headline"]["metric"]
+    if report["task"] == "regression" and metric == "loss" and exp.loss.name != "mse":
+        metric = "mse"  # the per-sample statistics know the squared error, not every loss
+    return outcomes.compare(report["task"], metric, ours, theirs, report["data"]["num_outputs"], exp.seed)
 
 
 # ---- seeds -------------------------------------------------------------------------------------
@@ -140,6 +207,9 @@ def over_seeds(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     if report.get("transfer_gain"):
         console.info("transfer gain (mean ± std over seeds): " + ", ".join(
             f"{k} {v:+.4f} ± {report['transfer_gain_std'][k]:.4f}" for k, v in report["transfer_gain"].items()))
+    for kind, g in (report.get("gains") or {}).items():
+        line = seeds_gain_line(g, kind)
+        console.info(line) if g["trustworthy"] else console.warn(line)
     return report
 
 
@@ -171,6 +241,25 @@ def aggregate(reports: list[dict], seeds: list[int]) -> dict:
         out["transfer_gain"] = {m: p[0] for m, p in pairs.items()}
         out["transfer_gain_std"] = {m: p[1] for m, p in pairs.items()}
         out["negative_transfer_seeds"] = [s for s, r in zip(seeds, reports) if r["negative_transfer"]]
+    if all(r.get("gains") for r in reports):
+        out["gains"] = {kind: gains_over_seeds([r["gains"][kind] for r in reports], seeds,
+                                               first["headline"]["higher_is_better"]) for kind in first["gains"]}
     for key in ("eval_split", "headline", "data", "task", "metric_names", "monitor", "monitor_mode"):
         out[key] = first.get(key)
     return out
+
+
+def gains_over_seeds(per_seed: list[dict], seeds: list[int], higher_is_better: bool) -> dict:
+    """One baseline kind's gains of every seed: their spread (t interval, share positive) and the
+    reasons any seed's gain is not to be trusted."""
+    values = [g["value"] for g in per_seed]
+    spread = spread_over_seeds(values, higher_is_better)
+    reasons = [f"seed {seed}: {why}" for seed, g in zip(seeds, per_seed) for why in g["reasons"]]
+    first = per_seed[0]
+    tested = None if len(values) < 2 else {"test": "one_sample_t_over_seeds", "metric": first["metric"],
+                                           "p_value": paired_t_test(torch.tensor(values)),
+                                           "interval": spread["interval"], "level": spread["level"]}
+    return {"split": first["split"], "metric": first["metric"], "value": spread["mean"], "per_seed": values,
+            "over_seeds": spread, "negative_transfer": (spread["mean"] if higher_is_better else -spread["mean"]) < 0,
+            "significance": tested,
+            "trustworthy": not reasons, "reasons": reasons}

@@ -89,3 +89,12 @@ def report_of_completed(run: RunDir, console: Console) -> dict:
     report = distributed.on_main(lambda: json.loads((run.path / "report.json").read_text()))
     console.show(headline_table(report))
     return report
+
+
+def show_diagnostics(report: dict, console: Console) -> None:
+    """The report's diagnostic warnings on the console (not for a smoke run: after a few steps
+    every model looks collapsed and unconverged)."""
+    if report.get("smoke"):
+        return
+    for note in (report.get("diagnostics") or {}).get("warnings", []):
+        console.warn(note)

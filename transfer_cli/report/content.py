@@ -9,6 +9,7 @@ from torch import nn
 
 from transfer_cli.config.schema import Experiment
 from transfer_cli.data.bundle import DataBundle
+from transfer_cli.eval.diagnostics import diagnose
 from transfer_cli.eval.evaluation import SplitResult
 from transfer_cli.report.headline import SCHEMA_VERSION
 
@@ -23,9 +24,13 @@ def make_report_header(stage: str, exp: Experiment, opts: RunOptions) -> dict:
 
 
 def make_report(stage: str, exp: Experiment, parts: Parts, results: dict[str, SplitResult], lineage: dict,
-                timings: dict, opts: RunOptions, checkpoint: Optional[dict], stop_reason: Optional[str] = None) -> dict:
+                timings: dict, opts: RunOptions, checkpoint: Optional[dict], stop_reason: Optional[str] = None,
+                history: Optional[list[dict]] = None) -> dict:
     """The report.json content; plots are added when written, the gain by a baseline."""
     names = ["loss"] + list(exp.eval.metrics or [])
+    split = exp.eval.split
+    found = diagnose(stage, split, results[split].breakdown, history or [], parts.monitor,
+                     parts.monitor_higher_is_better, stop_reason)
     return {
         **make_report_header(stage, exp, opts), "task": parts.data.task,
         "metric_names": list(exp.eval.metrics or []),
@@ -35,7 +40,7 @@ def make_report(stage: str, exp: Experiment, parts: Parts, results: dict[str, Sp
         "headline": {"metric": parts.monitor.split("/", 1)[1], "higher_is_better": parts.monitor_higher_is_better},
         "checkpoint": checkpoint, "stop_reason": stop_reason,
         "data": data_info(exp, parts.data), "lineage": lineage, "timings": timings,
-        "transfer_gain": None, "predictions": None, "plots": {},
+        "transfer_gain": None, "predictions": None, "plots": {}, "diagnostics": found,
     }
 
 

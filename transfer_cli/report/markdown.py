@@ -7,6 +7,7 @@ from typing import Any
 
 from transfer_cli.core.console import format_value
 from transfer_cli.core.tables import Table
+from transfer_cli.report.gains import BUDGET_NAMES, gain_line, seeds_gain_line
 from transfer_cli.report.headline import headline_table, weights_phrase
 
 MAX_CLASSES_AS_TEXT = 12  # beyond this a confusion matrix is only readable as a picture
@@ -22,6 +23,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [headline_table(report).markdown(), ""]
     lines += _provenance(report) + [""]
     lines += _transfer_gain(report)
+    lines += _diagnostics(report)
     plots = report.get("plots") or {}
     if "learning_curves" in plots:
         lines += ["## Learning curves", "", f"![learning curves]({plots['learning_curves']})", ""]
@@ -74,10 +76,46 @@ def _transfer_gain(report: dict[str, Any]) -> list[str]:
     rows = [[name, format_value(ours.get(name)), format_value(theirs.get(name)), _signed(value)]
             for name, value in gain.items()]
     table = Table("", ["metric", "finetuned", "scratch", "gain"], rows)
-    verdict = ("**Negative transfer**: the model trained from scratch is better on "
-               f"{report['headline']['metric']}." if report.get("negative_transfer") else
-               f"Pretraining helped on {report['headline']['metric']}.")
-    return [f"## Transfer gain on {split}", "", f"Scratch baseline: `{baseline['run_dir']}`. {verdict}", "",
+    lines = [f"## Transfer gain on {split}", ""]
+    gains = report.get("gains") or {}
+    for kind, g in gains.items():
+        budget = g.get("budget") or {}
+        steps = f"{budget['steps']} steps, lr {format_value(budget['lr'])}" if budget.get("steps") else ""
+        early = ", until converged" if budget.get("until_converged") else ""
+        lines += [f"- **{BUDGET_NAMES[kind]}** (`{g['baseline_run']}`{': ' + steps + early if steps else ''}): "
+                  f"{gain_line(report, kind).split(': ', 1)[1]}"]
+    if gains:
+        lines += ["", "Intervals: bootstrap 95% over the test samples; p: McNemar's exact test (classification) or "
+                  "a paired t-test on the errors (regression).", ""]
+        if len(gains) > 1:
+            lines += ["The table is the equal-budget baseline's.", ""]
+    else:
+        verdict = ("**Negative transfer**: the model trained from scratch is better on "
+                   f"{report['headline']['metric']}." if report.get("negative_transfer") else
+                   f"Pretraining helped on {report['headline']['metric']}.")
+        lines += [f"Scratch baseline: `{baseline['run_dir']}`. {verdict}", ""]
+    return lines + [table.markdown(), ""]
+
+
+def _diagnostics(report: dict[str, Any]) -> list[str]:
+    """Warnings about the model (and its baselines) that its figures alone do not show."""
+    found = [(report["stage"], report.get("diagnostics") or {})]
+    found += [(f"baseline ({BUDGET_NAMES.get(kind, kind)})", b.get("diagnostics") or {})
+              for kind, b in (report.get("baselines") or {}).items()]
+    notes = [note for _, d in found for note in d.get("warnings", [])]
+    rows = []
+    for who, d in found:
+        c, g, conv = d.get("collapse"), d.get("loss_gap"), d.get("convergence")
+        if not (c or g or conv):
+            continue
+        top = f"'{c['class']}' {c['prediction_share']:.0%} (labels {c['label_share']:.0%})" if c else "-"
+        gap = f"{format_value(g['train_loss'])} / {format_value(g['val_loss'])}" if g else "-"
+        improving = {True: "yes", False: "no", None: "cannot tell"}[conv["still_improving"]] if conv else "-"
+        rows.append([who, top, gap, improving])
+    if not rows:
+        return []
+    table = Table("", ["model", "most-predicted class", "train / val loss", "still improving"], rows)
+    return ["## Diagnostics", "", *(f"- **Warning**: {n}" for n in notes), *([""] if notes else []),
             table.markdown(), ""]
 
 
@@ -94,6 +132,7 @@ def _seeds_section(report: dict[str, Any]) -> list[str]:
         negative = report.get("negative_transfer_seeds") or []
         lines += [f"## Transfer gain on {split} (finetuned − scratch)", "",
                   f"Negative transfer in seeds: {negative}." if negative else "No seed showed negative transfer.", "",
+                  *(f"- {seeds_gain_line(g, kind)}" for kind, g in (report.get("gains") or {}).items()), "",
                   Table("", ["metric", "gain"], rows).markdown(), ""]
     headline = (report.get("headline") or {}).get("metric", "accuracy")
     rows = [[str(entry["seed"]), f"`{entry['run_dir']}`", format_value(entry["metrics"][split].get(headline)),

@@ -40,11 +40,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a small text file so that readers see the old or the new content, never a mix."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write a small file so that readers see the old or the new content, never a mix."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8")) as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -192,6 +192,10 @@ class RunDir:
     def write_text(self, name: str, text: str) -> None:
         if self.writable:
             write_atomic(self.path / name, text)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        if self.writable:
+            write_atomic(self.path / name, data)
 
 
 def _check_writable(path: Path, needed_bytes: int) -> None:

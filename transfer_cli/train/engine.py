@@ -24,6 +24,7 @@ from transfer_cli.core.errors import Interrupted, RunFailed
 from transfer_cli.data.bundle import TensorSplit
 from transfer_cli.dist import distributed
 from transfer_cli.eval.evaluation import Evaluator, autocast
+from transfer_cli.train.precise_bn import PreciseBN, has_batchnorm, training_batchnorms
 from transfer_cli.train.schedules import Schedule
 
 
@@ -40,6 +41,7 @@ class EngineConfig:
     monitor_higher_is_better: bool = False
     monitor_min_delta: float = 0.0
     seed: int = 0
+    precise_bn: int = 0  # training batches over which BatchNorm statistics are recomputed before each evaluation
 
 
 @dataclass
@@ -121,6 +123,13 @@ class Engine:
         # under torchrun the ranks vote after each step, so that all stop (signal, NaN) at the same one
         self._vote = distributed.StepVote(device) if distributed.world().is_distributed else None
         self._stop_agreed = False
+        self._precise_bn: Optional[PreciseBN] = None
+        # the BatchNorms that train in the current phase and, at the step where a phase began, in
+        # the one before (whose weights the evaluation at that step sees)
+        self._norms: list[nn.Module] = []
+        self._norms_before: Optional[list[nn.Module]] = None
+        self._phase_began_at = 0
+        self._step = 0
 
     # ---- sizes -------------------------------------------------------------------------------
     def steps_per_epoch(self, train: TensorSplit) -> int:
@@ -135,8 +144,11 @@ class Engine:
         """Train until the step budget (or step `until`) is reached or a callback stops it."""
         total = min(self.total_steps(train), until or 1 << 62)
         self._batches_per_epoch = train.num_batches(self.cfg.batch_size)
+        if self.cfg.precise_bn and has_batchnorm(self.model):
+            self._precise_bn = PreciseBN(train, self.cfg.precise_bn, self.cfg.batch_size, self.cfg.seed)
         # fit starts at a step boundary: gradients a caller left behind must not leak into the first step
         self.model.zero_grad(set_to_none=True)
+        self._step, self._norms_before = state.step, None
         self._emit("on_fit_start", state)
         self.rebuild_step_module()
         with self._signals_trapped():
@@ -156,6 +168,9 @@ class Engine:
         """Rebuild what the step calls; DDP covers the parameters that train when it is built, so
         this runs at the start of fit and whenever a strategy phase changes the trainable set."""
         self.step_module = self._build_step_module()
+        if self._precise_bn is not None:
+            self._norms_before, self._norms = self._norms, training_batchnorms(self.model)
+            self._phase_began_at = self._step
 
     def _train_epoch(self, train: TensorSplit, val: Optional[TensorSplit], state: TrainState, total: int) -> None:
         self.model.train()
@@ -175,6 +190,7 @@ class Engine:
             pending = 0
             self._optimizer_step(state.step)
             state.step += 1
+            self._step = state.step
             self._check_health(state)
             self._emit("on_step_end", state)
             is_eval_step = bool(self.cfg.eval_every_steps) and state.step % self.cfg.eval_every_steps == 0
@@ -265,6 +281,9 @@ class Engine:
                 raise self._diverged("loss", state)
         self._loss_sum.zero_()
         self._loss_count = 0
+        if self._precise_bn is not None:  # evaluated and checkpointed with statistics of the current weights
+            ended = state.step == self._phase_began_at and self._norms_before is not None
+            self._precise_bn(self.model, self._norms_before if ended else self._norms, self.device, self.cfg.precision)
         distributed.broadcast_buffers(self.model)
         if val is not None:
             record.update({f"val/{k}": v for k, v in self.evaluate(val).items()})

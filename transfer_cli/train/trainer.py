@@ -18,6 +18,7 @@ from transfer_cli.train.callbacks import Checkpointer, ConsoleProgress, EarlySto
 from transfer_cli.train.engine import Engine, EngineConfig, TrainState
 from transfer_cli.train.features import can_cache, extract_features
 from transfer_cli.train.optim import OPTIMIZERS, lr_scales, param_groups
+from transfer_cli.train.precise_bn import resolve_batches
 from transfer_cli.train.schedules import SCHEDULES
 from transfer_cli.train.strategies import Phase, build_plan, plan_schedule
 
@@ -57,6 +58,9 @@ class Trainer:
             return SCHEDULES.build(exp.schedule.name, exp.schedule.params,
                                    warmup_steps=exp.schedule.warmup_steps, total_steps=length)
 
+        cfg.precise_bn = resolve_batches(exp.train.precise_bn, self.model, self.total)
+        if smoke:
+            cfg.precise_bn = min(cfg.precise_bn, SMOKE_STEPS)
         self.plan = build_plan(self.model, exp.transfer, steps_per_epoch, self.total, make_schedule, lora_names,
                                compress=smoke)
         self.cached = self._cache_decision(train)

@@ -94,7 +94,8 @@ class Setup:
 
     def __init__(self, case: Case, args: argparse.Namespace, workdir: Path) -> None:
         config = {"seed": 0, **case.config, "optim": {"name": "adamw", "lr": 1e-3},
-                  "train": {"epochs": 1, "max_steps": args.steps, "eval_every_steps": 10**9,
+                  # precise BN off: the plain loop has no counterpart (its cost: scripts/bench_precise_bn.py)
+                  "train": {"epochs": 1, "max_steps": args.steps, "eval_every_steps": 10**9, "precise_bn": 0,
                             "device": args.device, "precision": args.precision}}
         path = workdir / f"{case.name}.yaml"
         path.write_text(yaml.safe_dump(config))

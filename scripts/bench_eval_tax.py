@@ -83,7 +83,8 @@ def timed_evaluator(evaluator, device: torch.device, durations: list):
 
 def experiment(args: argparse.Namespace):
     sets = [f"train.max_steps={args.steps}", f"train.eval_every_steps={args.eval_every}",
-            f"train.device={args.device}", "train.early_stopping.patience=null"]
+            f"train.device={args.device}", "train.early_stopping.patience=null",
+            "train.precise_bn=0"]  # the plain loop has no counterpart (its cost: scripts/bench_precise_bn.py)
     return load_experiment(Path(args.config), "pretrain", sets, registries())
 
 

@@ -85,7 +85,7 @@ class TrainConfig(Section):
     keep_last: int = Field(1, ge=1, description="step checkpoints kept besides best")
     precise_bn: Union[Literal["auto"], Annotated[int, Field(ge=0)], None] = Field(
         "auto", description="before each evaluation, recompute the BatchNorm statistics over this many training "
-                            "batches (0/null: off; auto: 50 for a model with BatchNorm in a run of at most 2000 steps)")
+                            "batches (0/null: off; auto: 50 for a model with BatchNorm in a run of at most 500 steps)")
 
     @field_validator("precise_bn", mode="before")
     @classmethod

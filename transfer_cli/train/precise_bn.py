@@ -23,7 +23,7 @@ from transfer_cli.eval.evaluation import autocast
 from transfer_cli.train.strategies import BN_TYPES
 
 # `auto` turns precise BN on for runs of at most this many optimizer steps (README: "Precise BatchNorm")
-AUTO_MAX_STEPS = 2000
+AUTO_MAX_STEPS = 500
 AUTO_BATCHES = 50
 # a distinct stream of the run's seed: the subset does not repeat the first epoch's order
 _SUBSET_SEED_OFFSET = 7_919

@@ -143,3 +143,24 @@ def test_monitoring_a_metric_that_is_not_configured_is_a_config_error(tiny: Path
     assert result.exit_code == 2
     assert "train.monitor: 'val/auroc' is not logged" in result.stderr
     assert "val/accuracy" in result.stderr
+
+
+@pytest.mark.parametrize("task, monitor, test_name", [
+    ("binary", None, "mcnemar_exact"), ("multilabel", None, "mcnemar_exact"),
+    ("regression", "val/mae", "paired_t_absolute_errors"), ("regression", None, "paired_t_squared_errors")])
+def test_the_gain_of_every_task_kind_has_its_paired_statistics(tiny: Path, task: str, monitor: str,
+                                                                test_name: str) -> None:
+    train = {"epochs": 3, "device": "cpu", **({"monitor": monitor} if monitor else {})}
+    assert run_cli("pretrain", _config(tiny, task, train=train)).exit_code == 0
+    result = run_cli("finetune", _config(tiny, task, train=train), "--init-from", f"runs/{task}",
+                     "--run-dir", f"runs/{task}-ft", "--baseline", "scratch")
+    assert result.exit_code == 0, result.output
+    report = read_json(tiny / "runs" / f"{task}-ft" / "report.json")
+    gain = report["gains"]["equal_budget"]
+    stats = gain["significance"]
+    assert stats["test"] == test_name and stats["samples"] == 50 and 0 <= stats["p_value"] <= 1
+    # the bootstrap's whole-sample gain is the reported gain of the metric it is on
+    on = {"subset_accuracy": "subset_accuracy", "mse": "loss"}.get(stats["metric"], stats["metric"])
+    assert stats["gain"] == pytest.approx(gain["all"][on], abs=1e-5)
+    assert stats["interval"][0] <= stats["gain"] <= stats["interval"][1]
+    assert "transfer gain on test, equal budget" in result.output + result.stderr

@@ -64,6 +64,7 @@ class LossConfig(Component):
 class EarlyStopping(Section):
     patience: Optional[int] = Field(None, ge=1, description="evaluations without improvement before stopping")
     min_delta: float = Field(0.0, ge=0)
+    min_steps: int = Field(0, ge=0, description="never stop before this optimizer step")
 
 
 class TrainConfig(Section):

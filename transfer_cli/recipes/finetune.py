@@ -83,8 +83,9 @@ def with_baseline(exp: Experiment, opts: RunOptions, console: Console, report: d
     own = spec if isinstance(spec, BaselineConfig) else None
     kinds = [k for k in BUDGETS if (k == "equal_budget" and (own is None or own.equal_budget))
              or (k == "own_budget" and own is not None)]
-    bases = {kind: train_baseline(exp, opts, console, run.path / BUDGETS[kind], own if kind == "own_budget" else None)
-             for kind in kinds}
+    steps = (report.get("timings") or {}).get("steps") or 0
+    bases = {kind: train_baseline(exp, opts, console, run.path / BUDGETS[kind], own if kind == "own_budget" else None,
+                                  steps) for kind in kinds}
     report = add_gains(report, bases, exp)
     write_report(run, report, console)
     for kind in kinds:
@@ -93,8 +94,9 @@ def with_baseline(exp: Experiment, opts: RunOptions, console: Console, report: d
     return report
 
 
-def baseline_experiment(exp: Experiment, own: Optional[BaselineConfig]) -> Experiment:
-    """The scratch baseline's config: the finetune's, without transfer, with its own budget when given."""
+def baseline_experiment(exp: Experiment, own: Optional[BaselineConfig], finetune_steps: int = 0) -> Experiment:
+    """The scratch baseline's config: the finetune's, without transfer, with its own budget when given
+    (until_converged: early-stopped, but never before the finetune's own number of steps)."""
     base = exp.model_copy(deep=True)
     base.transfer = TransferConfig()
     if own is None:
@@ -110,12 +112,13 @@ def baseline_experiment(exp: Experiment, own: Optional[BaselineConfig]) -> Exper
     base.optim.lr = own.lr or exp.optim.lr
     if own.until_converged:
         base.train.early_stopping.patience = own.patience
+        base.train.early_stopping.min_steps = finetune_steps
     return base
 
 
 def train_baseline(exp: Experiment, opts: RunOptions, console: Console, base_dir: Path,
-                   own: Optional[BaselineConfig]) -> dict:
-    base_exp = baseline_experiment(exp, own)
+                   own: Optional[BaselineConfig], finetune_steps: int = 0) -> dict:
+    base_exp = baseline_experiment(exp, own, finetune_steps)
     base_opts = replace(opts, run_dir=str(base_dir), config_path=None, overwrite=False,
                         resume=opts.resume and distributed.on_main(base_dir.exists))
     budget = "the finetune's budget" if own is None else "a budget of its own"

@@ -106,11 +106,11 @@ class PhaseController(BaseCallback):
 
 
 class EarlyStopping(BaseCallback):
-    def __init__(self, patience: int, monitor: str) -> None:
-        self.patience, self.monitor = patience, monitor
+    def __init__(self, patience: int, monitor: str, min_steps: int = 0) -> None:
+        self.patience, self.monitor, self.min_steps = patience, monitor, min_steps
 
     def on_eval_end(self, engine: Engine, state: TrainState, record: dict, improved: bool) -> None:
-        if state.evals_since_best >= self.patience:
+        if state.evals_since_best >= self.patience and state.step >= self.min_steps:
             state.stop_reason = (f"early stopping: {self.monitor} has not improved for {self.patience} "
                                  f"evaluations (best {format_value(state.best)} at step {state.best_step})")
 

@@ -82,7 +82,8 @@ class Trainer:
         # record is logged and the checkpoint saved, so a resumed run sees the same decision
         self.callbacks: list = [PhaseController(self.plan, self.model, exp.transfer.bn, console)]
         if exp.train.early_stopping.patience:
-            self.callbacks.append(EarlyStopping(exp.train.early_stopping.patience, parts.monitor))
+            self.callbacks.append(EarlyStopping(exp.train.early_stopping.patience, parts.monitor,
+                                                exp.train.early_stopping.min_steps))
         if run is not None:
             self.callbacks += [MetricsLog(run), Checkpointer(run, exp.train.keep_last, parts.monitor,
                                                              self.export_weights, self.resume_state)]

@@ -155,6 +155,24 @@ def test_a_frozen_backbone_keeps_its_batchnorm_statistics_bit_identical(lagging:
         assert stats and all(torch.equal(before[k], after[k]) for k in stats), strategy
 
 
+def test_precise_bn_statistics_of_a_class_sorted_split_are_those_of_mixed_batches() -> None:
+    """A split stored class by class (as image_folder lists it): the recomputed variance must be
+    the one training's shuffled batches see, not that of one-class batches."""
+    from torch import nn
+
+    from transfer_cli.data.bundle import TensorSplit
+    from transfer_cli.train.precise_bn import PreciseBN
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(400, 1, generator=generator) - 2, torch.randn(400, 1, generator=generator) + 2])
+    split = TensorSplit(x, torch.cat([torch.zeros(400), torch.ones(400)]).long())
+    norm = nn.BatchNorm1d(1)
+    PreciseBN(split, num_batches=20, batch_size=32, seed=0)(norm, [norm], torch.device("cpu"))
+    assert norm.running_var.item() == pytest.approx(x.var().item(), rel=0.15)  # about 5; one class: about 1
+    assert abs(norm.running_mean.item()) < 0.5
+    assert norm.momentum == 0.1 and norm.training  # restored
+
+
 # ---- diagnostics and the gain's caveat -------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from transfer_cli.config.loader import COMPONENTS, RawConfig
-from transfer_cli.config.schema import Experiment
+from transfer_cli.config.schema import Experiment, Section
 from transfer_cli.config.yamlio import EXAMPLE
 from transfer_cli.core.errors import ConfigError
 from transfer_cli.core.registry import Registry, UnknownName, did_you_mean
@@ -85,9 +85,15 @@ def _validate_metric_names(raw: RawConfig, registry: Registry, problems: list[st
                             f"{UnknownName('metric', name, registry.names())}")
 
 
-# how pydantic names the member of a Union in an error's loc (a field name is never one of these)
-_UNION_MEMBER = re.compile(r"^(literal\[.*\]|bool|int|float|str|none|constrained-\w+|"
-                           r"function-(after|before|wrap|plain)\[.*\]|(list|dict|tuple)\[.*\]|[A-Z]\w*)$")
+# how pydantic names the member of a Union in an error's loc: with brackets or a dash, which no
+# config key has, or a section model of the schema (a user's key is matched against neither)
+def _section_names(cls: type) -> set[str]:
+    return {sub.__name__ for sub in cls.__subclasses__()} | {n for sub in cls.__subclasses__() for n in _section_names(sub)}
+
+
+_UNION_MEMBER = re.compile(r"^(literal\[.*\]|constrained-\w+|function-(after|before|wrap|plain)\[.*\]|"
+                           r"(list|dict|tuple)\[.*\]|bool|int|float|str|none|"
+                           + "|".join(sorted(_section_names(Section))) + r")$")
 
 
 def _union_merged(errors: list[dict]) -> list[dict]:

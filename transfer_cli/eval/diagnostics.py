@@ -61,10 +61,12 @@ def convergence(history: list[dict], monitor: str, higher_is_better: bool) -> di
 
 
 def diagnose(label: str, split: str, split_info: Optional[dict], history: list[dict], monitor: str,
-             higher_is_better: bool, stop_reason: Optional[str] = None) -> dict[str, Any]:
+             higher_is_better: bool, stop_reason: Optional[str] = None, precise_bn: int = 0) -> dict[str, Any]:
     """All diagnostics of one evaluated model (`history`: its evaluation records; empty for a
-    model that was only evaluated)."""
-    out: dict[str, Any] = {"split": split, "collapse": collapse(split_info or {}), "loss_gap": loss_gap(history),
+    model that was only evaluated; `precise_bn`: the batches its BatchNorm statistics were
+    recomputed over, 0 when they were not)."""
+    out: dict[str, Any] = {"split": split, "precise_bn": precise_bn,
+                           "collapse": collapse(split_info or {}), "loss_gap": loss_gap(history),
                            "convergence": convergence(history, monitor, higher_is_better) if history else None}
     if out["convergence"] is not None and stop_reason and stop_reason.startswith("early stopping"):
         out["convergence"]["still_improving"] = False  # it stopped because it no longer improved
@@ -96,7 +98,7 @@ def gain_caveats(finetuned: dict[str, Any], baseline: dict[str, Any]) -> list[st
     c = baseline.get("collapse")
     if c and c["collapsed"]:
         reasons.append(f"the baseline collapsed onto class '{c['class']}' ({c['prediction_share']:.0%} of its "
-                       f"predictions): turn on train.precise_bn or give the baseline more steps (transfer.baseline)")
+                       f"predictions): {_remedy(baseline, 'give the baseline more steps (transfer.baseline)')}")
     conv = baseline.get("convergence")
     if conv and conv["still_improving"]:
         reasons.append("the baseline had not converged (still improving at its last evaluation): give it more "
@@ -104,5 +106,11 @@ def gain_caveats(finetuned: dict[str, Any], baseline: dict[str, Any]) -> list[st
     c = finetuned.get("collapse")
     if c and c["collapsed"]:
         reasons.append(f"the finetuned model collapsed onto class '{c['class']}' ({c['prediction_share']:.0%} of "
-                       f"its predictions): turn on train.precise_bn or train longer")
+                       f"its predictions): {_remedy(finetuned, 'train longer')}")
     return reasons
+
+
+def _remedy(diagnosed: dict[str, Any], longer: str) -> str:
+    if diagnosed.get("precise_bn"):  # the statistics were recomputed already: not the cause
+        return f"{longer}, or lower optim.lr"
+    return f"turn on train.precise_bn or {longer}"

@@ -89,7 +89,7 @@ def _final_report(stage: str, exp: Experiment, parts: Parts, run: RunDir, traine
     if trainer.cache_seconds:
         timings["feature_cache_seconds"] = round(trainer.cache_seconds, 3)
     report = make_report(stage, exp, parts, results, lineage, timings, opts, checkpoint, state.stop_reason,
-                         history=state.history)
+                         history=state.history, precise_bn=trainer.engine.cfg.precise_bn)
     finish_run(run, report, trainer.console)
     return report
 

@@ -25,12 +25,12 @@ def make_report_header(stage: str, exp: Experiment, opts: RunOptions) -> dict:
 
 def make_report(stage: str, exp: Experiment, parts: Parts, results: dict[str, SplitResult], lineage: dict,
                 timings: dict, opts: RunOptions, checkpoint: Optional[dict], stop_reason: Optional[str] = None,
-                history: Optional[list[dict]] = None) -> dict:
+                history: Optional[list[dict]] = None, precise_bn: int = 0) -> dict:
     """The report.json content; plots are added when written, the gain by a baseline."""
     names = ["loss"] + list(exp.eval.metrics or [])
     split = exp.eval.split
     found = diagnose(stage, split, results[split].breakdown, history or [], parts.monitor,
-                     parts.monitor_higher_is_better, stop_reason)
+                     parts.monitor_higher_is_better, stop_reason, precise_bn)
     return {
         **make_report_header(stage, exp, opts), "task": parts.data.task,
         "metric_names": list(exp.eval.metrics or []),

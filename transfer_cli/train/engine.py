@@ -144,7 +144,8 @@ class Engine:
         """Train until the step budget (or step `until`) is reached or a callback stops it."""
         total = min(self.total_steps(train), until or 1 << 62)
         self._batches_per_epoch = train.num_batches(self.cfg.batch_size)
-        if self.cfg.precise_bn and has_batchnorm(self.model):
+        reuse = self._precise_bn is not None and self._precise_bn.source is train  # one subset (and loader) per split
+        if self.cfg.precise_bn and has_batchnorm(self.model) and not reuse:
             self._precise_bn = PreciseBN(train, self.cfg.precise_bn, self.cfg.batch_size, self.cfg.seed)
         # fit starts at a step boundary: gradients a caller left behind must not leak into the first step
         self.model.zero_grad(set_to_none=True)

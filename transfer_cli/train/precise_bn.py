@@ -55,13 +55,14 @@ class PreciseBN:
     """Recomputes the statistics over the same `num_batches` training batches each time."""
 
     def __init__(self, train: Split, num_batches: int, batch_size: int, seed: int) -> None:
-        self.batch_size = batch_size
-        wanted = num_batches * batch_size
-        if wanted >= len(train):
-            self.split = train
-        else:  # a fixed subset, so that `subset` is built (and its loader started) once
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + _SUBSET_SEED_OFFSET))
-            self.split = train.subset(order[:wanted].sort().values)
+        self.source, self.batch_size = train, batch_size
+        wanted = min(num_batches * batch_size, len(train))
+        # a fixed subset in a seeded random order: batches read in order are then mixed like the
+        # shuffled training batches (a split stored class by class would otherwise give one-class
+        # batches and miss the variance between classes), and its own loader never disturbs the
+        # training pass's
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + _SUBSET_SEED_OFFSET))
+        self.split = train.subset(order[:wanted])
         self.num_batches = min(num_batches, self._batches_on_every_rank())
 
     def _batches_on_every_rank(self) -> int:
@@ -96,15 +97,16 @@ class PreciseBN:
 
 
 def _agree_across_ranks(norms: list[nn.Module]) -> None:
-    """Under torchrun: the statistics of the ranks' equal parts combined into those of the whole
-    (mean of the means; mean of the variances plus the variance of the means)."""
+    """Under torchrun: the ranks' statistics averaged (their parts are random draws of the same
+    subset, as each rank's batches are of one process's: the mean of the batch variances, as in one
+    process, not the variance of the whole)."""
     size = distributed.world().size
     if size == 1:
         return
     for m in norms:
         mean, var = m.running_mean, m.running_var
-        stacked = torch.stack([mean.double(), (var + mean * mean).double()])
+        stacked = torch.stack([mean.double(), var.double()])
         distributed.all_sum(stacked)
         stacked /= size
         mean.copy_(stacked[0])
-        var.copy_(stacked[1] - stacked[0] * stacked[0])
+        var.copy_(stacked[1])

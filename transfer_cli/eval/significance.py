@@ -210,15 +210,15 @@ def compare_regression(metric: str, ours: torch.Tensor, theirs: torch.Tensor, ta
     for mae, squared otherwise)."""
     metric = metric if metric in REGRESSION_METRICS else "mse"
     n = len(target)
-    ours_err = (ours.double() - target.double()).reshape(n, -1)
-    theirs_err = (theirs.double() - target.double()).reshape(n, -1)
-    # one error per sample: multi-output values averaged in the way the metric averages them
-    if metric == "mae":
-        ours_err, theirs_err = ours_err.abs().mean(1), theirs_err.abs().mean(1)
-        per_sample = ours_err - theirs_err
-    else:
-        ours_err, theirs_err = (ours_err ** 2).mean(1).sqrt(), (theirs_err ** 2).mean(1).sqrt()
-        per_sample = ours_err ** 2 - theirs_err ** 2
+
+    def magnitude(pred: torch.Tensor) -> torch.Tensor:
+        """One error per sample, multi-output values averaged as the metric averages them: the
+        mean absolute error for mae, the root mean squared error otherwise."""
+        err = (pred.double() - target.double()).reshape(n, -1)
+        return err.abs().mean(1) if metric == "mae" else err.pow(2).mean(1).sqrt()
+
+    ours_err, theirs_err = magnitude(ours), magnitude(theirs)
+    per_sample = ours_err - theirs_err if metric == "mae" else ours_err ** 2 - theirs_err ** 2
 
     def gain(index: torch.Tensor) -> torch.Tensor:
         return regression_metric(metric, ours_err[index]) - regression_metric(metric, theirs_err[index])

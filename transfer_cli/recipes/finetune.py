@@ -81,16 +81,15 @@ def with_baseline(exp: Experiment, opts: RunOptions, console: Console, report: d
     run = RunDir(Path(report["run_dir"]))
     spec = exp.transfer.baseline
     own = spec if isinstance(spec, BaselineConfig) else None
-    kinds = [k for k in BUDGETS if (k == "equal_budget" and (own is None or own.equal_budget))
-             or (k == "own_budget" and own is not None)]
+    kinds = (["equal_budget"] if own is None or own.equal_budget else []) + (["own_budget"] if own else [])
     steps = (report.get("timings") or {}).get("steps") or 0
     bases = {kind: train_baseline(exp, opts, console, run.path / BUDGETS[kind], own if kind == "own_budget" else None,
                                   steps) for kind in kinds}
     report = add_gains(report, bases, exp)
     write_report(run, report, console)
     for kind in kinds:
-        line = gain_line(report, kind)
-        console.info(line) if report["gains"][kind]["trustworthy"] else console.warn(line)
+        say = console.info if report["gains"][kind]["trustworthy"] else console.warn
+        say(gain_line(report, kind))
     return report
 
 
@@ -101,12 +100,12 @@ def baseline_experiment(exp: Experiment, own: Optional[BaselineConfig], finetune
     base.transfer = TransferConfig()
     if own is None:
         return base
-    stretch = OWN_BUDGET_STRETCH if own.until_converged and own.epochs is None and own.max_steps is None else 1
     if own.max_steps is not None:
         base.train.max_steps = own.max_steps
     elif own.epochs is not None:
         base.train.epochs, base.train.max_steps = own.epochs, None
-    else:
+    else:  # the finetune's budget, stretched when the baseline may train until it converges
+        stretch = OWN_BUDGET_STRETCH if own.until_converged else 1
         base.train.epochs *= stretch
         base.train.max_steps = exp.train.max_steps * stretch if exp.train.max_steps else None
     base.optim.lr = own.lr or exp.optim.lr
@@ -211,8 +210,8 @@ def over_seeds(exp: Experiment, opts: RunOptions, console: Console) -> dict:
         console.info("transfer gain (mean ± std over seeds): " + ", ".join(
             f"{k} {v:+.4f} ± {report['transfer_gain_std'][k]:.4f}" for k, v in report["transfer_gain"].items()))
     for kind, g in (report.get("gains") or {}).items():
-        line = seeds_gain_line(g, kind)
-        console.info(line) if g["trustworthy"] else console.warn(line)
+        say = console.info if g["trustworthy"] else console.warn
+        say(seeds_gain_line(g, kind))
     return report
 
 

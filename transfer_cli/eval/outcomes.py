@@ -49,7 +49,10 @@ def load(run_dir: str | Path, split: str) -> Optional[dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     path = Path(run_dir) / FOLDER / f"{split}.safetensors"
-    return load_file(str(path)) if path.is_file() else None
+    try:
+        return load_file(str(path)) if path.is_file() else None
+    except Exception:  # noqa: BLE001  damaged: the gain is reported without its paired statistics
+        return None
 
 
 def compare(task: str, metric: str, ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor],

@@ -139,6 +139,10 @@ def check_same_config(run: RunDir, exp: Experiment, smoke: bool = False) -> None
     if not isinstance(stored, dict):
         raise RunDirError(f"cannot resume {run.path}: its config.yaml holds no config (empty, only comments or "
                           f"not a mapping of keys); restore it, or start a new run (--run-dir / --overwrite)")
+    try:  # keys added to the schema since the run started count as their defaults
+        stored = Experiment.model_validate(stored).model_dump(mode="json")
+    except ValueError:  # a config of an older schema: compared as it is written
+        pass
     # where the run lives is not part of the experiment: a run dir that was moved resumes
     stored = {k: v for k, v in stored.items() if k != "run_dir"}
     current = {k: v for k, v in exp.model_dump(mode="json").items() if k != "run_dir"}

@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import torch
-from torchmetrics import classification as tmc
 
-from transfer_cli.eval.metrics import CALIBRATION_BINS, CalibrationBins, MetricContext
+from transfer_cli.eval.metrics import CALIBRATION_BINS, CalibrationBins, MetricContext, tmc
 
 
 def class_labels(task: str, num_classes: int, names: Optional[Sequence[str]]) -> list[str]:

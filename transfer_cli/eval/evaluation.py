@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
-import torchmetrics
 from torch import nn
 
 from transfer_cli.data.bundle import TensorSplit
 from transfer_cli.dist import distributed
 from transfer_cli.eval.breakdown import Breakdown
+from transfer_cli.eval.metrics import MetricCollection
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -42,7 +42,7 @@ MetricInputs = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.
 
 
 class Evaluator:
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, metrics: torchmetrics.MetricCollection,
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, metrics: MetricCollection,
                  metric_inputs: MetricInputs, device: torch.device, batch_size: int,
                  precision: str = "fp32", batch_limit: Optional[int] = None,
                  breakdown: Optional[Breakdown] = None) -> None:

@@ -9,13 +9,16 @@ evaluation, never in the training step.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
-import torchmetrics
-from torchmetrics import classification as tmc
-from torchmetrics import regression as tmr
+
+# first: from here on `import torchmetrics.<part>` loads that part only (see lean_torchmetrics)
+from transfer_cli.eval.lean_torchmetrics import torchmetrics  # noqa: F401
+from torchmetrics.collections import MetricCollection  # noqa: E402
+from torchmetrics.metric import Metric  # noqa: E402
 
 from transfer_cli.core.errors import ConfigError
 from transfer_cli.core.registry import Params, Registry
@@ -36,10 +39,25 @@ class MetricContext:
     threshold: float = DEFAULT_THRESHOLD
 
 
-Maker = Callable[[MetricContext], torchmetrics.Metric]
+class _Family:
+    """A family of torchmetrics' metrics, imported when a metric of it is first built: a
+    classification run does not load the regression metrics, nor a regression run the
+    classification ones."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(importlib.import_module(self.module), name)
 
 
-class NLL(torchmetrics.Metric):
+tmc = _Family("torchmetrics.classification")
+tmr = _Family("torchmetrics.regression")
+
+Maker = Callable[[MetricContext], Metric]
+
+
+class NLL(Metric):
     """Mean negative log-likelihood of the true class, from class probabilities."""
 
     higher_is_better = False
@@ -59,7 +77,7 @@ class NLL(torchmetrics.Metric):
         return (self.total / self.count.clamp_min(1)).float()
 
 
-class CalibrationBins(torchmetrics.Metric):
+class CalibrationBins(Metric):
     """Confidence histogram with bounded memory: per bin the count, the summed confidence and
     the summed outcome. `compute()` is the expected calibration error (L1).
 
@@ -107,7 +125,7 @@ class CalibrationBins(torchmetrics.Metric):
 def _register(name: str, doc: str, **by_task: Maker) -> None:
     """Register `name` with one maker per task it applies to."""
 
-    def builder(params: Params, *, context: MetricContext) -> torchmetrics.Metric:
+    def builder(params: Params, *, context: MetricContext) -> Metric:
         make = by_task.get(context.task)
         if make is None:
             raise ConfigError([f"eval.metrics: '{name}' is for {' or '.join(by_task)} tasks, but the data is "
@@ -120,7 +138,7 @@ def _register(name: str, doc: str, **by_task: Maker) -> None:
 
 
 def _top_k(k: int) -> Maker:
-    def make(c: MetricContext) -> torchmetrics.Metric:
+    def make(c: MetricContext) -> Metric:
         if k >= c.num_classes:
             raise ConfigError([f"eval.metrics: 'top{k}_accuracy' needs more than {k} classes, the data has "
                                f"{c.num_classes} (the true class would always be among the top {k}); "
@@ -193,7 +211,7 @@ def resolve_threshold(task: str, threshold: Optional[float]) -> float:
     return DEFAULT_THRESHOLD if threshold is None else threshold
 
 
-def build_metrics(names: list[str], context: MetricContext) -> torchmetrics.MetricCollection:
+def build_metrics(names: list[str], context: MetricContext) -> MetricCollection:
     """A collection of the named metrics. Compute groups are off: torchmetrics would otherwise
     let metrics it believes equivalent share one state, which has silently given wrong values."""
     problems = []
@@ -205,7 +223,7 @@ def build_metrics(names: list[str], context: MetricContext) -> torchmetrics.Metr
             problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    return torchmetrics.MetricCollection(metrics, compute_groups=False)
+    return MetricCollection(metrics, compute_groups=False)
 
 
 def higher_is_better(name: str, context: MetricContext) -> bool:

@@ -1,0 +1,78 @@
+"""Start-up: a command loads the parts of torchmetrics its metrics use, not the library's whole
+catalogue (audio pulls scipy, text pulls transformers), and the metrics are the same as with
+the whole library imported. Each check runs in a fresh process, since imports are per process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+# the default metrics of a 4-class task and the report's breakdown, on fixed inputs; prints
+# {"values": ..., "loaded": [the modules of UNUSED that are imported]}
+COMPUTE = """
+import json, sys
+{prelude}
+import torch
+from transfer_cli.eval.breakdown import Breakdown
+from transfer_cli.eval.metrics import MetricContext, build_metrics, default_metrics
+context = MetricContext("multiclass", 4)
+metrics = build_metrics(default_metrics("multiclass", 4), context)
+breakdown = Breakdown(context, None)
+generator = torch.Generator().manual_seed(0)
+probs = torch.softmax(torch.randn(64, 4, generator=generator), dim=1)
+target = torch.randint(0, 4, (64,), generator=generator)
+metrics.update(probs, target)
+breakdown.update(probs, target)
+values = {{name: value.item() for name, value in metrics.compute().items()}}
+values["breakdown"] = breakdown.compute()
+unused = {unused}
+print(json.dumps({{"values": values, "loaded": [m for m in unused if m in sys.modules]}}))
+"""
+UNUSED = ["scipy", "transformers", "torchmetrics.functional.audio", "torchmetrics.functional.text",
+          "torchmetrics.functional.image", "torchmetrics.audio", "torchmetrics.text", "torchmetrics.image",
+          "torchmetrics.detection", "torchmetrics.retrieval", "torchmetrics.regression"]
+
+
+def _python(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_classification_metrics_load_no_unused_metric_family() -> None:
+    out = json.loads(_python(COMPUTE.format(prelude="", unused=UNUSED)))
+    assert out["loaded"] == []
+    assert 0 <= out["values"]["accuracy"] <= 1
+
+
+def test_metrics_equal_those_with_the_whole_library_imported() -> None:
+    lean = json.loads(_python(COMPUTE.format(prelude="", unused=UNUSED)))
+    whole = json.loads(_python(COMPUTE.format(prelude="import torchmetrics", unused=["torchmetrics.functional.audio"])))
+    assert whole["loaded"] == ["torchmetrics.functional.audio"]  # the whole library was in use there
+    assert lean["values"] == whole["values"]
+
+
+def test_the_rest_of_torchmetrics_loads_when_asked_for() -> None:
+    code = ("import sys; import transfer_cli.eval.metrics; import torchmetrics; "
+            "assert 'torchmetrics.functional.audio' not in sys.modules; "
+            "from torchmetrics import Accuracy, MetricCollection; import torchmetrics.functional as F; "
+            "from torchmetrics.collections import MetricCollection as C; "
+            "print(torchmetrics.__version__, 'torchmetrics.functional.audio' in sys.modules, "
+            "MetricCollection is C, callable(F.accuracy))")
+    version, audio, same, functional = _python(code).split()
+    assert version[0].isdigit() and (audio, same, functional) == ("True", "True", "True")
+
+
+def test_regression_metrics_load_only_the_regression_family() -> None:
+    code = ("import sys; from transfer_cli.eval.metrics import MetricContext, build_metrics; "
+            "m = build_metrics(['mae', 'rmse', 'r2'], MetricContext('regression', 1)); "
+            "print(sorted(n for n in ('torchmetrics.regression', 'torchmetrics.classification', 'scipy') "
+            "if n in sys.modules))")
+    assert _python(code).strip() == "['torchmetrics.regression']"

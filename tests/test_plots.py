@@ -65,3 +65,46 @@ def test_a_plotting_failure_is_a_warning_and_the_report_is_still_written(tiny: P
     assert read_json(run / "report.json")["plots"] == {}
     assert "![" not in (run / "report.md").read_text()
     assert read_json(run / "run.json")["status"] == "completed"
+
+
+def _full_report() -> dict:
+    counts = [[5, 1, 0], [2, 6, 1], [0, 1, 7]]
+    confusion = {"layout": "true_by_predicted", "labels": ["a", "b", "c"], "counts": counts,
+                 "normalized": [[v / sum(row) for v in row] for row in counts]}
+    bins = [{"lower": i / 5, "upper": (i + 1) / 5, "count": i, "confidence": (i + 0.5) / 5 if i else None,
+             "outcome": i / 5 if i else None} for i in range(5)]
+    calibration = {"mode": "top_label", "ece": 0.1, "bins": bins}
+    split = {"confusion_matrix": confusion, "calibration": calibration}
+    return {"stage": "pretrain", "name": "p", "monitor": "val/accuracy", "metric_names": ["accuracy"],
+            "checkpoint": {"kind": "best", "step": 20}, "splits": {"val": split, "test": split}}
+
+
+def test_pictures_drawn_by_two_processes_equal_those_drawn_by_one(tmp_path: Path) -> None:
+    runs = {}
+    for name, forked in (("one", False), ("two", True)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in _records([None, None])) + "\n")
+        if forked:
+            assert plots._can_fork(), "this test needs Linux and two CPUs"
+            drawn = draw_all(run, _full_report())
+        else:
+            jobs = plots.picture_jobs(read_evaluations(run / "metrics.jsonl"), _full_report())
+            (run / "plots").mkdir()
+            plots._draw(jobs, run / "plots")
+            drawn = {n: f"plots/{f}" for n, f, _ in jobs}
+        runs[name] = {n: (run / p).read_bytes() for n, p in drawn.items()}
+    assert list(runs["two"]) == ["learning_curves", "confusion_val", "reliability_val", "confusion_test",
+                                 "reliability_test"]
+    assert runs["one"] == runs["two"]
+    assert not [p for p in (tmp_path / "two" / "plots").iterdir() if p.name.startswith(".")]
+
+
+def test_a_failure_in_the_forked_drawing_process_is_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> None:
+        raise ValueError("no confusion today")
+
+    monkeypatch.setattr(plots, "confusion_figure", broken)  # the forked process draws the confusion matrices
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in _records([None, None])) + "\n")
+    with pytest.raises(RuntimeError, match="ValueError: no confusion today"):
+        draw_all(tmp_path, _full_report())

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from transfer_cli.report.headline import metric_label
 
@@ -21,25 +22,79 @@ PHASE_COLORS = ("#f2f2f2", "#e3ecf7")
 
 
 def draw_all(run_path: Path, report: dict[str, Any]) -> dict[str, str]:
-    """Draw every picture that applies; returns {name: path relative to the run dir}."""
+    """Draw every picture that applies; returns {name: path relative to the run dir}. With more
+    than one CPU, a forked process draws every other picture meanwhile (matplotlib spends its
+    time laying out text, one core each); every picture is written before this returns."""
     folder = run_path / PLOTS_DIR
     folder.mkdir(exist_ok=True)
-    drawn: dict[str, str] = {}
-    records = read_evaluations(run_path / "metrics.jsonl")
+    jobs = picture_jobs(read_evaluations(run_path / "metrics.jsonl"), report)
+    if len(jobs) > 1 and _can_fork():
+        _draw_forked(jobs[1::2], jobs[0::2], folder)
+    else:
+        _draw(jobs, folder)
+    return {name: f"{PLOTS_DIR}/{filename}" for name, filename, _ in jobs}
+
+
+Job = tuple[str, str, Callable[[], Any]]  # (name, file name, draw the figure)
+
+
+def picture_jobs(records: list[dict[str, Any]], report: dict[str, Any]) -> list[Job]:
+    """The pictures that apply, in the report's order."""
+    jobs: list[Job] = []
     if records:
-        figure = learning_curves(records, report)
-        drawn["learning_curves"] = _save(figure, folder / "learning_curves.png")
+        jobs.append(("learning_curves", "learning_curves.png", lambda: learning_curves(records, report)))
     for split, details in (report.get("splits") or {}).items():
         confusion = (details or {}).get("confusion_matrix")
         if confusion:
-            drawn[f"confusion_{split}"] = _save(confusion_figure(confusion, split, report), folder / f"confusion_{split}.png")
+            jobs.append((f"confusion_{split}", f"confusion_{split}.png",
+                         lambda c=confusion, s=split: confusion_figure(c, s, report)))
         calibration = (details or {}).get("calibration")
         if calibration and any(b["count"] for b in calibration["bins"]):
-            figure = reliability_figure(calibration, split, report)
-            drawn[f"reliability_{split}"] = _save(figure, folder / f"reliability_{split}.png")
-    return drawn
+            jobs.append((f"reliability_{split}", f"reliability_{split}.png",
+                         lambda c=calibration, s=split: reliability_figure(c, s, report)))
+    return jobs
 
 
+def _draw(jobs: list[Job], folder: Path) -> None:
+    for _, filename, figure in jobs:
+        _save(figure(), folder / filename)
+
+
+def _can_fork() -> bool:
+    """Linux with a second CPU for this process (elsewhere forking a process that has loaded
+    torch is not safe)."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and len(os.sched_getaffinity(0)) > 1
+
+
+def _draw_forked(child_jobs: list[Job], own_jobs: list[Job], folder: Path) -> None:
+    """Draw own_jobs here and child_jobs in a forked process; raise if either fails. The child
+    draws with matplotlib only (no torch), reports a failure on a pipe and leaves by os._exit,
+    so it runs none of this process's exit handlers."""
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child
+        status = 0
+        try:
+            os.close(read_end)
+            _draw(child_jobs, folder)
+        except BaseException as exc:  # noqa: BLE001  reported to the parent, which raises it
+            os.write(write_end, f"{type(exc).__name__}: {exc}".encode()[:4000])
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    try:
+        _draw(own_jobs, folder)
+    finally:
+        try:
+            with os.fdopen(read_end, "rb") as pipe:
+                message = pipe.read().decode(errors="replace")  # until the child exits
+        finally:
+            _, status = os.waitpid(pid, 0)
+    if status or message:
+        raise RuntimeError(message or f"the drawing process ended with status {status}")
 def read_evaluations(path: Path) -> list[dict[str, Any]]:
     """The evaluation records of metrics.jsonl (a torn last line is skipped)."""
     if not path.is_file():

@@ -8,12 +8,13 @@ caller's matplotlib state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from transfer_cli.core.forked import Forked, can_fork
 from transfer_cli.report.headline import metric_label
 
 PLOTS_DIR = "plots"
@@ -28,7 +29,7 @@ def draw_all(run_path: Path, report: dict[str, Any]) -> dict[str, str]:
     folder = run_path / PLOTS_DIR
     folder.mkdir(exist_ok=True)
     jobs = picture_jobs(read_evaluations(run_path / "metrics.jsonl"), report)
-    if len(jobs) > 1 and _can_fork():
+    if len(jobs) > 1 and can_fork():
         _draw_forked(jobs[1::2], jobs[0::2], folder)
     else:
         _draw(jobs, folder)
@@ -60,41 +61,18 @@ def _draw(jobs: list[Job], folder: Path) -> None:
         _save(figure(), folder / filename)
 
 
-def _can_fork() -> bool:
-    """Linux with a second CPU for this process (elsewhere forking a process that has loaded
-    torch is not safe)."""
-    return sys.platform.startswith("linux") and hasattr(os, "fork") and len(os.sched_getaffinity(0)) > 1
-
-
 def _draw_forked(child_jobs: list[Job], own_jobs: list[Job], folder: Path) -> None:
-    """Draw own_jobs here and child_jobs in a forked process; raise if either fails. The child
-    draws with matplotlib only (no torch), reports a failure on a pipe and leaves by os._exit,
-    so it runs none of this process's exit handlers."""
-    read_end, write_end = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child
-        status = 0
-        try:
-            os.close(read_end)
-            _draw(child_jobs, folder)
-        except BaseException as exc:  # noqa: BLE001  reported to the parent, which raises it
-            os.write(write_end, f"{type(exc).__name__}: {exc}".encode()[:4000])
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(write_end)
+    """Draw own_jobs here while a forked process draws child_jobs; raise what either raised."""
+    child = Forked(lambda: _draw(child_jobs, folder))
     try:
         _draw(own_jobs, folder)
-    finally:
-        try:
-            with os.fdopen(read_end, "rb") as pipe:
-                message = pipe.read().decode(errors="replace")  # until the child exits
-        finally:
-            _, status = os.waitpid(pid, 0)
-    if status or message:
-        raise RuntimeError(message or f"the drawing process ended with status {status}")
+    except BaseException:
+        with contextlib.suppress(Exception):  # let it finish its files (no torn .tmp left), then raise ours
+            child.result()
+        raise
+    child.result()
+
+
 def read_evaluations(path: Path) -> list[dict[str, Any]]:
     """The evaluation records of metrics.jsonl (a torn last line is skipped)."""
     if not path.is_file():

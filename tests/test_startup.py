@@ -1,14 +1,25 @@
 """Start-up: a command loads the parts of torchmetrics its metrics use, not the library's whole
 catalogue (audio pulls scipy, text pulls transformers), and the metrics are the same as with
-the whole library imported. Each check runs in a fresh process, since imports are per process."""
+the whole library imported (each check in a fresh process, since imports are per process); the
+built-in data set generated in a forked process gives the run it gives in this one; the work
+handed to a forked process answers with its value or its exception; `python -m transfer_cli`
+leaves early with the command's exit status and all of its output."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from conftest import read_json, run_cli
+
+from transfer_cli.core.forked import Forked, ForkFailed, can_fork
+from transfer_cli.recipes import parts
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -76,3 +87,59 @@ def test_regression_metrics_load_only_the_regression_family() -> None:
             "print(sorted(n for n in ('torchmetrics.regression', 'torchmetrics.classification', 'scipy') "
             "if n in sys.modules))")
     assert _python(code).strip() == "['torchmetrics.regression']"
+
+
+needs_fork = pytest.mark.skipif(not can_fork(), reason="forked work needs Linux and two CPUs")
+
+
+@needs_fork
+def test_forked_work_answers_with_its_value_or_its_exception() -> None:
+    with Forked(lambda: {"pid": os.getpid(), "x": [1, 2]}) as child:
+        answer = child.result()
+    assert answer["x"] == [1, 2] and answer["pid"] != os.getpid()
+
+    def fails() -> None:
+        raise KeyError("no such motif")
+
+    with pytest.raises(KeyError, match="no such motif"), Forked(fails) as child:
+        child.result()
+    with pytest.raises(ForkFailed), Forked(lambda: os.kill(os.getpid(), signal.SIGKILL)) as child:
+        child.result()
+
+
+def _weights_digest(run: Path) -> str:
+    return hashlib.sha256((run / "checkpoints" / "best" / "model.safetensors").read_bytes()).hexdigest()
+
+
+@needs_fork
+def test_data_generated_in_a_forked_process_gives_the_same_run(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built_where = []
+    generate = parts.DATASETS.build
+
+    def build(*args: object, **kwargs: object) -> object:
+        built_where.append(os.getpid())
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(parts.DATASETS, "build", build)
+    results = {}
+    for name, generated in (("forked", parts.GENERATED_DATA), ("here", ())):
+        monkeypatch.setattr(parts, "GENERATED_DATA", generated)
+        result = run_cli("pretrain", "configs/tiny/pretrain.yaml", "--run-dir", f"runs/{name}", "--set",
+                         "train.epochs=1")
+        assert result.exit_code == 0, result.output
+        report = read_json(tiny / "runs" / name / "report.json")
+        results[name] = (report["splits"], report["data"], _weights_digest(tiny / "runs" / name))
+    assert built_where == [os.getpid()]  # the forked build was not counted here: it ran in the child
+    assert results["forked"] == results["here"]
+
+
+def test_the_command_process_exits_with_its_status_and_all_its_output(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    ok = subprocess.run([sys.executable, "-m", "transfer_cli", "list", "--json"], cwd=tmp_path, env=ENV,
+                        capture_output=True, text=True, timeout=240)
+    assert ok.returncode == 0, ok.stderr
+    assert "accuracy" in json.loads(ok.stdout)["metric"]  # the whole JSON document arrived
+    bad = subprocess.run([sys.executable, "-m", "transfer_cli", "validate", str(empty)], cwd=tmp_path, env=ENV,
+                         capture_output=True, text=True, timeout=240)
+    assert bad.returncode == 2 and "empty config" in bad.stderr

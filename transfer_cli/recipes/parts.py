@@ -4,15 +4,17 @@ them built (monitor, device, what running under torchrun requires)."""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from transfer_cli.config.schema import Experiment
 from transfer_cli.core.errors import ConfigError, UsageError
+from transfer_cli.core.forked import Forked, ForkFailed, can_fork
 from transfer_cli.core.registry import did_you_mean
 from transfer_cli.data import DATASETS, DataBundle
 from transfer_cli.data.checks import check_batches, check_bundle, check_split
@@ -27,6 +29,9 @@ from transfer_cli.train.losses import LOSSES
 from transfer_cli.train.seeding import seed_everything
 
 SMOKE_EVAL_BATCHES = 2
+#: data sets generated from their parameters alone (no files, no global random state), in numpy:
+#: built in a forked process while this one imports what training needs
+GENERATED_DATA = ("motifs", "motifs2d")
 
 
 @dataclass
@@ -66,7 +71,7 @@ def build_parts(exp: Experiment, opts: RunOptions, evaluating: bool = False) -> 
     device = resolve_device(exp.train.device)
     distributed.init(device)
     seed_everything(exp.seed)
-    data = build_data(exp)
+    data = build_data(exp, meanwhile=None if evaluating else import_compiler_stack)
     model = MODELS.build(exp.model.name, exp.model.params, input_shape=data.input_shape,
                          num_outputs=data.num_outputs).to(device)
     check_batches(data, exp.data.batch_size, model)
@@ -94,8 +99,9 @@ def build_parts(exp: Experiment, opts: RunOptions, evaluating: bool = False) -> 
     return Parts(data, model, loss, evaluator, monitor, higher, device, context)
 
 
-def build_data(exp: Experiment) -> DataBundle:
-    data = DATASETS.build(exp.data.name, exp.data.params, seed=exp.seed)
+def build_data(exp: Experiment, meanwhile: Optional[Callable[[], Any]] = None) -> DataBundle:
+    """The data set, checked (`meanwhile`: run while it is built, see generate_data)."""
+    data = generate_data(exp, meanwhile)
     exp.data.params.update(data.fitted)  # recorded in the run's config: evaluating it maps labels the same way
     check_bundle(data, exp.data.name)
     check_split(data, exp.eval.split)
@@ -108,6 +114,36 @@ def build_data(exp: Experiment) -> DataBundle:
         data.splits["train"] = train.subset(index)
         data.info["per_class"] = exp.data.per_class
     return data
+
+
+def generate_data(exp: Experiment, meanwhile: Optional[Callable[[], Any]] = None) -> DataBundle:
+    """DATASETS.build, and `meanwhile()`. A data set in GENERATED_DATA is built in a forked
+    process while this one runs `meanwhile` (on Linux, in one process of its own, with a second
+    CPU); the bundle that comes back is the one built here would be, bit for bit."""
+
+    def build() -> DataBundle:
+        return DATASETS.build(exp.data.name, exp.data.params, seed=exp.seed)
+
+    if meanwhile is None:
+        return build()
+    if exp.data.name in GENERATED_DATA and not distributed.world().is_distributed and can_fork():
+        with Forked(build) as child:
+            meanwhile()
+            try:
+                return child.result()
+            except ForkFailed:  # killed or out of memory there: build it here
+                pass
+        return build()
+    data = build()
+    meanwhile()
+    return data
+
+
+def import_compiler_stack() -> None:
+    """Import torch._dynamo, which torch imports when the first optimizer is made, in any script
+    (torch.optim.Optimizer's methods are wrapped by torch._disable_dynamo): a second or more that
+    costs the same while the data set is generated in another process."""
+    importlib.import_module("torch._dynamo")
 
 
 def check_monitor(monitor: str, names: list[str], data: DataBundle) -> None:

@@ -5,7 +5,8 @@ Runs each probe in a fresh process several times and prints the median [min-max]
 
   transfer --help             the CLI alone (torch is imported lazily, so this stays fast)
   import torch                the floor of every command that trains or evaluates
-  import torch, torchmetrics  torchmetrics imports matplotlib, scipy and (when installed) transformers
+  import torch, torchmetrics  the whole library: matplotlib, scipy and (when installed) transformers
+  our metrics                 transfer_cli.eval.metrics: torch and only the parts of torchmetrics used
   first optimizer             torch imports its compiler stack (torch._dynamo) on the first optimizer
   pretrain: first step        `transfer pretrain configs/quickstart/pretrain.yaml --smoke`, from the
                               start of the process to the engine's first training step, and to its end
@@ -45,6 +46,7 @@ main()
 IMPORT_PROBES = {
     "import torch": "import torch",
     "import torch, torchmetrics": "import torch, torchmetrics",
+    "our metrics (torch, lean torchmetrics)": "import transfer_cli.eval.metrics",
     "first optimizer (after import torch)":
         "import torch, time; t = time.perf_counter(); torch.optim.Adam(torch.nn.Linear(2, 2).parameters()); "
         "print(f'SECONDS {time.perf_counter() - t:.3f}')",

@@ -125,12 +125,15 @@ def _stage(stage: str, source: Path, sets: Optional[List[str]], options: dict, *
     def action(console: Any) -> Any:
         from transfer_cli.config.resolve import load_experiment
         from transfer_cli.recipes.components import registries
-        from transfer_cli.recipes.evaluate import evaluate
-        from transfer_cli.recipes.finetune import finetune
         from transfer_cli.recipes.parts import RunOptions
-        from transfer_cli.recipes.pretrain import pretrain
 
-        recipe = {"pretrain": pretrain, "finetune": finetune, "evaluate": evaluate}[stage]
+        recipe: Callable  # this stage's recipe only: the others import what it does not need
+        if stage == "pretrain":
+            from transfer_cli.recipes.pretrain import pretrain as recipe
+        elif stage == "finetune":
+            from transfer_cli.recipes.finetune import finetune as recipe
+        else:
+            from transfer_cli.recipes.evaluate import evaluate as recipe
         exp = load_experiment(source, stage, sets or [], registries(), **refs)
         opts = RunOptions(config_path=None if source.is_dir() else source,
                           from_run=source if source.is_dir() else None, **options)

@@ -77,8 +77,13 @@ def _without_label(source: Path, target: Path, order: list[str]) -> Path:
 def test_csv_predictions_equal_evaluate_and_jsonl_agrees(table_run: tuple[Path, list[dict]]) -> None:
     tmp, evaluated = table_run
     _without_label(tmp / "test.csv", tmp / "new.csv", ["weight", "sample_id", "density", "width", "length"])
-    summary = _predict("runs/t", "new.csv", "--out", "predicted.csv", "--id-column", "sample_id",
-                       "--batch-size", "5")
+    result = run_cli("predict", "runs/t", "new.csv", "--out", "predicted.csv", "--id-column", "sample_id",
+                     "--batch-size", "5", "--json")
+    assert result.exit_code == 0, result.output
+    summary = result.json()
+    # in a pipe: plain progress lines (on stderr with --json, stdout keeps the JSON alone)
+    assert "predict 5/24 inputs" in result.stderr and "predict 24/24 inputs" in result.stderr
+    assert "predicted 24 inputs (multiclass) -> " in result.stderr
     assert summary["rows"] == 24 and summary["classes"] == ["amber", "basalt", "cobalt"]
     assert summary["output"] == str(tmp / "predicted.csv") and summary["task"] == "multiclass"
     predicted = _rows(tmp / "predicted.csv")
@@ -231,3 +236,19 @@ def test_text_csv_with_a_local_encoder(tmp_path: Path, monkeypatch: pytest.Monke
     _predict("runs/t", "new.csv", "--out", "p.csv")
     _same_as_evaluate(_rows(tmp_path / "evaluated.csv"), _rows(tmp_path / "p.csv"))
     assert read_json(tmp_path / "runs" / "t" / "run.json")["data"]["class_names"] == ["negative", "positive"]
+
+
+# ---- the built-in data: an .npz of x -------------------------------------------------------------
+def test_builtin_motifs_run_predicts_an_npz(tiny: Path) -> None:
+    import yaml
+
+    from transfer_cli.data import DATASETS
+
+    assert run_cli("pretrain", "configs/tiny/pretrain.yaml").exit_code == 0
+    evaluated = run_cli("evaluate", "runs/pretrain", "--predictions", "evaluated.csv")
+    assert evaluated.exit_code == 0, evaluated.output
+    data = yaml.safe_load((tiny / "runs" / "pretrain" / "config.yaml").read_text())["data"]
+    x = DATASETS.build("motifs", data["params"], seed=0).split("test").x
+    np.savez(tiny / "test-x.npz", x=x.numpy())
+    _predict("runs/pretrain", "test-x.npz", "--out", "p.csv")
+    _same_as_evaluate(_rows(tiny / "evaluated.csv"), _rows(tiny / "p.csv"))

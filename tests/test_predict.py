@@ -178,28 +178,33 @@ def test_unreadable_image_is_named(image_run: tuple[Path, list[dict]]) -> None:
 
 
 # ---- tensors (multiclass, multilabel, regression) ----------------------------------------------
-@pytest.mark.parametrize("task", ["multiclass", "multilabel", "regression"])
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel", "regression"])
 def test_tensors_npz_with_x_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: str) -> None:
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
     for name, n in (("train", 64), ("test", 20)):
         x = rng.normal(size=(n, 6)).astype(np.float32)
         y = {"multiclass": (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0),
+             "binary": (x[:, 0] > 0).astype(np.int64),
              "multilabel": (x[:, :3] > 0).astype(np.int64),
              "regression": (2 * x[:, 0] - x[:, 1]).astype(np.float32)}[task]
         np.savez(tmp_path / f"{name}.npz", x=x, y=y)
         np.savez(tmp_path / f"{name}-x.npz", x=x)
     params = {"train": "train.npz", "test": "test.npz", "val_fraction": 0.25,
-              **({"task": "multilabel", "classes": ["red", "green", "blue"]} if task == "multilabel" else {})}
-    loss = {"multiclass": "cross_entropy", "multilabel": "bce", "regression": "mse"}[task]
+              **({"task": "multilabel", "classes": ["red", "green", "blue"]} if task == "multilabel" else {}),
+              **({"task": "binary", "classes": ["no", "yes"]} if task == "binary" else {})}
+    loss = {"multiclass": "cross_entropy", "binary": "bce", "multilabel": "bce", "regression": "mse"}[task]
+    extra = {"eval": {"threshold": 0.3}} if task == "binary" else {}  # the run's threshold decides, as in evaluate
     evaluated = _train_and_evaluate(tmp_path, {"name": "tensors", "params": params, "batch_size": 16},
-                                    {"name": "mlp", "params": {"hidden": [8]}}, loss={"name": loss})
+                                    {"name": "mlp", "params": {"hidden": [8]}}, loss={"name": loss}, **extra)
     summary = _predict("runs/t", "test-x.npz", "--out", "p.csv")
     assert summary["rows"] == 20 and summary["task"] == task
     predicted = _rows(tmp_path / "p.csv")
     _same_as_evaluate(evaluated, predicted)
     if task == "multilabel":
         assert list(predicted[0]) == ["index", "predicted", "red", "green", "blue"]
+    if task == "binary":
+        assert all((float(r["yes"]) > 0.3) == (r["predicted"] == "yes") for r in predicted)
 
     np.savez(tmp_path / "wide.npz", x=rng.normal(size=(5, 7)).astype(np.float32))
     result = run_cli("predict", "runs/t", "wide.npz", "--out", "w.csv")

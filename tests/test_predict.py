@@ -5,6 +5,7 @@ one line, exit 2, no output file."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -52,16 +53,31 @@ def _same_as_evaluate(evaluated: list[dict], predicted: list[dict], name_column:
 
 
 # ---- csv ---------------------------------------------------------------------------------------
-@pytest.fixture
-def table_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[dict]]:
-    monkeypatch.chdir(tmp_path)
-    make_table(tmp_path / "train.csv", n=60, seed=0)
-    make_table(tmp_path / "test.csv", n=24, seed=1)
-    evaluated = _train_and_evaluate(
-        tmp_path, {"name": "csv", "params": {"train": "train.csv", "test": "test.csv", "val_fraction": 0.25,
+def _copy_of(trained: tuple[Path, list[dict]], tmp: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[dict]]:
+    """A test's own copy of a run trained once per module (the run dir's aliases are relative links)."""
+    root, evaluated = trained
+    shutil.copytree(root, tmp, symlinks=True, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp)
+    return tmp, evaluated
+
+
+@pytest.fixture(scope="module")
+def table_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    root = tmp_path_factory.mktemp("table")
+    with contextlib.chdir(root):
+        make_table(root / "train.csv", n=60, seed=0)
+        make_table(root / "test.csv", n=24, seed=1)
+        evaluated = _train_and_evaluate(
+            root, {"name": "csv", "params": {"train": "train.csv", "test": "test.csv", "val_fraction": 0.25,
                                              "label": "species"}, "batch_size": 16},
-        {"name": "mlp", "params": {"hidden": [16]}})
-    return tmp_path, evaluated
+            {"name": "mlp", "params": {"hidden": [16]}})
+    return root, evaluated
+
+
+@pytest.fixture
+def table_run(table_trained: tuple[Path, list[dict]], tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[dict]]:
+    return _copy_of(table_trained, tmp_path, monkeypatch)
 
 
 def _without_label(source: Path, target: Path, order: list[str]) -> Path:
@@ -137,18 +153,25 @@ def test_refused_under_torchrun(table_run: tuple[Path, list[dict]], monkeypatch:
 
 
 # ---- image_folder --------------------------------------------------------------------------------
-@pytest.fixture
-def image_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[dict]]:
-    monkeypatch.chdir(tmp_path)
-    make_shapes(tmp_path / "shapes" / "train", per_class=8, size=20, seed=0)
-    make_shapes(tmp_path / "shapes" / "test", per_class=3, size=20, seed=1)
-    evaluated = _train_and_evaluate(
-        tmp_path, {"name": "image_folder", "params": {"train": "shapes/train", "test": "shapes/test",
+@pytest.fixture(scope="module")
+def image_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    root = tmp_path_factory.mktemp("images")
+    with contextlib.chdir(root):
+        make_shapes(root / "shapes" / "train", per_class=8, size=20, seed=0)
+        make_shapes(root / "shapes" / "test", per_class=3, size=20, seed=1)
+        evaluated = _train_and_evaluate(
+            root, {"name": "image_folder", "params": {"train": "shapes/train", "test": "shapes/test",
                                                       "val_fraction": 0.25, "size": 12, "resize": 14,
                                                       "random_crop": True, "flip": True, "workers": 0},
                    "batch_size": 6},
-        {"name": "resnet", "params": {"widths": [4]}})
-    return tmp_path, evaluated
+            {"name": "resnet", "params": {"widths": [4]}})
+    return root, evaluated
+
+
+@pytest.fixture
+def image_run(image_trained: tuple[Path, list[dict]], tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[dict]]:
+    return _copy_of(image_trained, tmp_path, monkeypatch)
 
 
 def test_image_folder_with_class_folders_and_flat(image_run: tuple[Path, list[dict]]) -> None:

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+from torch import nn
+
 from transfer_cli.config.resolve import load_experiment
 from transfer_cli.config.schema import Experiment
 from transfer_cli.core.console import Console
@@ -112,8 +115,8 @@ def check_shape(inputs: Inputs, expected: tuple[int, ...], path: Path) -> None:
                         f"the run's training samples); give inputs of that shape")
 
 
-def _run(model: Any, inputs: Inputs, task: str, device: Any, batch_size: int, precision: str,
-         console: Console) -> Any:
+def _run(model: nn.Module, inputs: Inputs, task: str, device: torch.device, batch_size: int, precision: str,
+         console: Console) -> torch.Tensor:
     """The model over the inputs: a progress bar on a terminal, a plain line per tenth elsewhere."""
     total = len(inputs.split)
     step = max(1, total // 10)

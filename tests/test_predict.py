@@ -152,6 +152,13 @@ def test_refused_under_torchrun(table_run: tuple[Path, list[dict]], monkeypatch:
     assert not (tmp / "p.csv").exists()
 
 
+def test_bad_device_is_a_usage_error(table_run: tuple[Path, list[dict]]) -> None:
+    tmp, _ = table_run
+    result = run_cli("predict", "runs/t", "test.csv", "--out", "p.csv", "--device", "tpu")
+    assert result.exit_code == 2 and "--device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'" in result.stderr
+    assert not (tmp / "p.csv").exists()
+
+
 # ---- image_folder --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def image_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from transfer_cli.config.resolve import load_experiment
-from transfer_cli.config.schema import Experiment
+from transfer_cli.config.schema import Experiment, TrainConfig
 from transfer_cli.core.console import Console
-from transfer_cli.core.errors import DataError, UsageError
+from transfer_cli.core.errors import ConfigError, DataError, UsageError
 from transfer_cli.data.inputs import Inputs, read_inputs
 from transfer_cli.eval.breakdown import class_labels
 from transfer_cli.eval.inference import predict_split
@@ -52,7 +53,7 @@ def predict(opts: PredictOptions, console: Console) -> dict:
         raise UsageError(f"--format: expected {' or '.join(FORMATS)}, got {opts.format!r}")
     out = check_target(opts.out, opts.overwrite, "--out")
     exp, facts = experiment_of(opts)
-    device = resolve_device(opts.device)
+    device = _device(opts.device)
     model = MODELS.build(exp.model.name, exp.model.params, input_shape=tuple(facts["input_shape"]),
                          num_outputs=facts["num_outputs"]).to(device)
     weights, run_dir = load_exact(model, exp.eval.checkpoint, exp.transfer.keys)
@@ -74,6 +75,18 @@ def predict(opts: PredictOptions, console: Console) -> dict:
     return {"rows": len(preds), "task": task, "classes": names or None, "output": str(out), "format": opts.format,
             "inputs": str(Path(opts.inputs).absolute()), "weights": str(weights),
             "run": str(run_dir.absolute()) if run_dir else None, "device": device_name(device), "seconds": seconds}
+
+
+def _device(name: str) -> torch.device:
+    """--device, checked as train.device is, its errors said of the flag."""
+    try:
+        TrainConfig(device=name)
+    except ValidationError:
+        raise UsageError(f"--device: expected auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
+    try:
+        return resolve_device(name)
+    except ConfigError as exc:
+        raise UsageError("--device: " + exc.problems[0].split(": ", 1)[-1]) from None
 
 
 def refuse_torchrun() -> None:

@@ -283,6 +283,37 @@ def compare(
     _execute(action, json_out, quiet=False, debug=False)
 
 
+@app.command()
+def predict(
+    weights: str = typer.Argument(..., metavar="RUN_OR_WEIGHTS", help="A run dir (best weights; RUN@last for "
+                                                                     "last) or a weights file (with --config)."),
+    inputs: Path = typer.Argument(..., metavar="INPUTS", help="Unlabelled inputs of the run's data kind: a CSV, "
+                                                              "an image folder, a text CSV, an .npz/.pt of x."),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="Write the predictions here (one row per input)."),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="CONFIG.yaml",
+                                          help="With a weights file: the config that trained it."),
+    output_format: str = typer.Option("csv", "--format", help="csv or jsonl (one JSON object per line)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+                                             help="Inputs per batch (default: the run's evaluation batch size)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    id_column: Optional[str] = typer.Option(None, "--id-column", metavar="COLUMN",
+                                            help="CSV inputs: copy this column into the output as `id`."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    json_out: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout (logs go to stderr)."),
+    quiet: bool = QuietOpt, debug: bool = DebugOpt,
+) -> None:
+    """Label new, unlabelled inputs with a trained model, preprocessed as the run was."""
+
+    def action(console: Any) -> Any:
+        from transfer_cli.recipes.predict import PredictOptions
+        from transfer_cli.recipes.predict import predict as run_predict
+
+        return run_predict(PredictOptions(weights, inputs, out, config, output_format, batch_size, device,
+                                          id_column, overwrite), console)
+
+    _execute(action, json_out, quiet, debug)
+
+
 @app.command("list")
 def list_components(json_out: bool = JsonOpt) -> None:
     """Show the registered data sets, models, optimizers, schedules, losses and metrics."""

@@ -54,13 +54,12 @@ def scan(root: Path, key: str, extensions: list[str],
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"{key} ({root}): no class sub-folders; expected {root}/<class>/<image files>")
-    suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     found = {}
     for folder in folders:
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+        files = image_files(folder, extensions)
         if not files:
             raise DataError(f"{key} ({root}): class folder '{folder.name}' has no image "
-                            f"({', '.join(sorted(suffixes))}); "
+                            f"({', '.join(sorted(_suffixes(extensions)))}); "
                             f"remove it or add images")
         found[folder.name] = files
     if classes is not None:
@@ -69,6 +68,37 @@ def scan(root: Path, key: str, extensions: list[str],
             raise DataError(f"{key} ({root}): class folder '{unknown[0]}' is not in data.params.classes "
                             f"({', '.join(classes)})")
     return classes or class_order(found), found
+
+
+def _suffixes(extensions: list[str]) -> set[str]:
+    return {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+
+
+def image_files(folder: Path, extensions: list[str]) -> list[Path]:
+    """The image files under `folder` (sub-folders searched too), in a stable order."""
+    suffixes = _suffixes(extensions)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+
+
+def folder_inputs(params: ImageFolderParams, path: str, key: str) -> tuple[list[str], DatasetSplit]:
+    """(file names relative to the folder, a split of them) for unlabelled images: a flat folder or
+    class sub-folders (their names are not read as labels), decoded as the run evaluated them."""
+    root = require(path, key, "folder")
+    files = [p for p in image_files(root, params.extensions)
+             if not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])]
+    if not files:
+        raise DataError(f"{key} ({root}): no image ({', '.join(sorted(_suffixes(params.extensions)))}) in it or "
+                        f"its sub-folders")
+    check_headers(files, key)
+    if params.normalize and (params.mean is None or params.std is None):
+        raise DataError("data.params: the run's config records no mean/std (a config that was never trained); "
+                        "give the run directory, or a config of the run that made the weights")
+    transform = _transform(params, params.mean if params.normalize else None, params.std if params.normalize else None)
+    workers = params.workers if params.workers is not None else min(4, os.cpu_count() or 1)
+    n = len(files)
+    split = DatasetSplit(FileReader([str(p) for p in files], transform), torch.arange(n),
+                         torch.zeros(n, dtype=torch.int64), (transform.channels, *transform.size), workers)
+    return [str(p.relative_to(root)) for p in files], split
 
 
 def check_headers(files: list[Path], key: str) -> None:
@@ -114,7 +144,7 @@ def image_folder(params: ImageFolderParams, *, seed: int) -> DataBundle:
         mean, std = (params.mean, params.std) if given_stats else channel_stats(
             splits.get("train", next(iter(splits.values()))), params.stats_samples, params.split_seed)
         _check_stats(mean, std, transform.channels)
-        splits = make_splits(ImageTransform(**{**transform.__dict__, "mean": tuple(mean), "std": tuple(std)}))
+        splits = make_splits(_transform(params, mean, std))
         fitted.update(mean=mean, std=std)
     return DataBundle(
         splits=splits, task="multiclass", num_outputs=len(classes), class_names=classes,
@@ -145,9 +175,12 @@ def list_images(params: ImageFolderParams) -> tuple[list[str], list[str], dict[s
     return classes, files, given
 
 
-def _transform(params: ImageFolderParams) -> ImageTransform:
+def _transform(params: ImageFolderParams, mean: Optional[list[float]] = None,
+               std: Optional[list[float]] = None) -> ImageTransform:
+    """What every split of the run decodes with (augmentation only in training passes)."""
     return ImageTransform(size=(params.size[0], params.size[1]), resize=params.resize, mode=params.mode,
-                          random_crop=params.random_crop, flip=params.flip)
+                          random_crop=params.random_crop, flip=params.flip,
+                          mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None)
 
 
 def _check_stats(mean: list[float], std: list[float], channels: int) -> None:

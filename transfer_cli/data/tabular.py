@@ -173,7 +173,33 @@ def _standardize(splits: dict[str, TensorSplit], params: CsvParams, width: int) 
         if len(values) != width:
             raise DataError(f"data.params.{name}: {len(values)} values for {width} features")
     std = [s if s > 0 else 1.0 for s in std]
-    shift, scale = torch.tensor(mean), torch.tensor(std)
     for split in splits.values():
-        split.x = (split.x - shift) / scale
+        split.x = scaled(split.x, mean, std)
     return mean, std
+
+
+def scaled(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """Features standardized with the given statistics (a zero std counts as 1)."""
+    return (x - torch.tensor(mean)) / torch.tensor([s if s > 0 else 1.0 for s in std])
+
+
+def require_columns(table: Table, columns: list[str], what: str) -> None:
+    """Every column the run was trained on must be in an unlabelled table; name the missing ones."""
+    missing = [name for name in columns if name not in table.header]
+    if missing:
+        hints = "".join(did_you_mean(name, table.header) for name in missing[:1])
+        raise DataError(f"{table.where}: missing {what} column{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(repr(m) for m in missing)}{hints}, which the model was trained on; "
+                        f"the file has: {', '.join(table.header)}")
+
+
+def csv_inputs(params: CsvParams, path: str, key: str) -> tuple[Table, torch.Tensor]:
+    """An unlabelled table read as in training: the run's feature columns and standardization
+    (a label column, if present, is ignored)."""
+    table = read_table(path, key, params.delimiter)
+    if params.features is None or (params.standardize and (params.mean is None or params.std is None)):
+        raise DataError("data.params: the run's config records no features/mean/std (a config that was never "
+                        "trained); give the run directory, or a config of the run that made the weights")
+    require_columns(table, params.features, "feature")
+    x = feature_matrix(table, params.features)
+    return table, scaled(x, params.mean, params.std) if params.standardize else x

@@ -60,6 +60,17 @@ def read_arrays(path: str, key: str, params: TensorsParams) -> tuple[torch.Tenso
     return as_inputs(x, params.add_channel, where), y
 
 
+def array_inputs(path: str, key: str, x_key: str = "x", add_channel: bool = False) -> torch.Tensor:
+    """The inputs array of a file without targets, converted as in training (see `as_inputs`)."""
+    file = require(path, key)
+    where = f"{key} ({path})"
+    found = _load(file, where)
+    if x_key not in found:
+        raise DataError(f"{where}: no array '{x_key}'{did_you_mean(x_key, list(found))}; it has: "
+                        f"{', '.join(found) or 'nothing'} (the run reads its inputs from '{x_key}')")
+    return as_inputs(found[x_key], add_channel, where)
+
+
 def _load(file: Path, where: str) -> dict[str, torch.Tensor]:
     suffix = file.suffix.lower()
     if suffix not in SUFFIXES:

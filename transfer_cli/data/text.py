@@ -18,7 +18,7 @@ from transfer_cli.core.errors import ConfigError, DataError
 from transfer_cli.data.bundle import DataBundle, TensorSplit
 from transfer_cli.data.registry import DATASETS
 from transfer_cli.data.splitting import DataPath, carve_splits, split_info
-from transfer_cli.data.tabular import TableParams, read_table, table_targets
+from transfer_cli.data.tabular import Table, TableParams, read_table, require_columns, table_targets
 
 PAD_TOKENS = ("[PAD]", "<pad>", "<|padding|>", "<|endoftext|>")
 
@@ -49,6 +49,14 @@ def text_csv(params: TextCsvParams, *, seed: int) -> DataBundle:
               **split_info(params, {name: len(s) for name, s in splits.items()}, targets.strata is not None)},
         fitted={"classes": targets.class_names} if targets.class_names else {},
     )
+
+
+def text_inputs(params: TextCsvParams, path: str, key: str) -> tuple[Table, torch.Tensor]:
+    """Unlabelled texts tokenized as in training: the run's tokenizer and max_length."""
+    table = read_table(path, key, params.delimiter)
+    require_columns(table, [params.text], "text")
+    tokenizer = load_tokenizer(Path(params.tokenizer), params.max_length)
+    return table, tokenize(tokenizer, table.column(params.text, "text"), params.max_length)[0]
 
 
 def load_tokenizer(path: Path, max_length: int) -> Any:

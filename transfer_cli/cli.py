@@ -314,6 +314,26 @@ def predict(
     _execute(action, json_out, quiet, debug)
 
 
+@app.command()
+def export(
+    run: str = typer.Argument(..., metavar="RUN", help="A run directory (its best weights; RUN@last for the last)."),
+    fmt: str = typer.Option(..., "--format", metavar="onnx|torchscript|safetensors|hf", help="What to export to."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="The folder to write (default: "
+                                                                          "RUN/export/<format>)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing, non-empty --out folder."),
+    json_out: bool = JsonOpt, quiet: bool = QuietOpt, debug: bool = DebugOpt,
+) -> None:
+    """Export a run's model as a self-contained folder (model file, preprocess.json, model card), checked
+    against PyTorch."""
+
+    def action(console: Any) -> Any:
+        from transfer_cli.recipes.export import export_run
+
+        return export_run(run, fmt, out, overwrite, console)
+
+    _execute(action, json_out, quiet, debug)
+
+
 @app.command("list")
 def list_components(json_out: bool = JsonOpt) -> None:
     """Show the registered data sets, models, optimizers, schedules, losses and metrics."""

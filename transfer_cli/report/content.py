@@ -47,7 +47,14 @@ def make_report(stage: str, exp: Experiment, parts: Parts, results: dict[str, Sp
 def data_info(exp: Experiment, data: DataBundle) -> dict:
     return {"name": exp.data.name, "task": data.task, "num_outputs": data.num_outputs,
             "class_names": data.class_names, "input_shape": list(data.input_shape),
-            "sizes": {name: len(split) for name, split in data.splits.items()}, **data.info}
+            "input_dtype": input_dtype(data), "sizes": {name: len(split) for name, split in data.splits.items()}, **data.info}
+
+
+def input_dtype(data: DataBundle) -> str:
+    """The dtype of a sample (float32, or int64 for token ids), as a consumer must feed it."""
+    split = next(iter(data.splits.values()))
+    x = getattr(split, "x", None)  # in-memory splits; decoded images are float32
+    return str(x.dtype).removeprefix("torch.") if x is not None else "float32"
 
 
 def model_info(exp: Experiment, model: nn.Module) -> dict:

@@ -154,3 +154,40 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(here: Path, args, mess
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
     assert not (here / "runs" / "rank" / "bad").exists()
+
+
+def test_hugging_face_folders_are_candidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Two tiny local BERT folders ranked on a text target: built as hf_encoder on each folder,
+    lineage = the folder's weights and sha256, NCE/LEEP n/a (no task head)."""
+    transformers = pytest.importorskip("transformers", reason="hf_encoder needs the optional extra: pip install -e '.[hf]'")
+    tokenizers = pytest.importorskip("tokenizers")
+    import csv
+
+    from scripts.make_example_data import make_reviews, make_word_tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    reviews = make_reviews(tmp_path / "reviews.csv", n=60)
+    with open(reviews) as handle:
+        make_word_tokenizer(tmp_path / "tokenizer.json", [row["review"] for row in csv.DictReader(handle)])
+    vocab = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json")).get_vocab_size()
+    for seed, name in ((0, "bert-a"), (1, "bert-b")):
+        torch.manual_seed(seed)
+        config = transformers.BertConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, max_position_embeddings=32)
+        transformers.BertModel(config).save_pretrained(tmp_path / name)
+    write_yaml(tmp_path / "text.yaml", {
+        "data": {"name": "text_csv", "params": {"path": "reviews.csv", "text": "review", "label": "sentiment",
+                                                "tokenizer": "tokenizer.json", "max_length": 16}, "batch_size": 8},
+        "model": {"name": "hf_encoder", "params": {"path": "bert-a", "pooling": "cls"}},
+        "train": {"epochs": 1, "device": "cpu"}})
+    result = run_cli("rank", "text.yaml", "bert-a", "bert-b", "--json")
+    assert result.exit_code == 0, result.output
+    cands = {c["candidate"]: c for c in result.json()["candidates"]}
+    for name in ("bert-a", "bert-b"):
+        lineage = cands[name]["lineage"]
+        assert cands[name]["kind"] == "hf_folder" and lineage["pretrained"] == str(tmp_path / name)
+        assert lineage["sha256"] == sha256(tmp_path / name / "model.safetensors")
+        assert cands[name]["feature_dim"] == 16 and cands[name]["scores"]["logme"] is not None
+        assert cands[name]["scores"]["nce"] is None
+        assert "Hugging Face encoder folder brings no task head" in cands[name]["not_applicable"]["leep"]
+    assert cands["bert-a"]["scores"]["logme"] != cands["bert-b"]["scores"]["logme"]

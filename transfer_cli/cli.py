@@ -334,6 +334,34 @@ def export(
     _execute(action, json_out, quiet, debug)
 
 
+@app.command()
+def rank(
+    config: Path = typer.Argument(..., metavar="TARGET_CONFIG", help="The target task's config (YAML), as for "
+                                                                    "finetune."),
+    candidates: Optional[List[str]] = typer.Argument(None, metavar="CANDIDATE...",
+                                                     help="Run dirs (RUN, RUN@last), weights files or Hugging Face "
+                                                          "model folders."),
+    validate: Optional[str] = typer.Option(None, "--validate", metavar="BUDGET",
+                                           help="Also fine-tune each candidate for BUDGET (N epochs, or Nsteps) and "
+                                                "report Kendall's tau and Spearman's rho of each score with the "
+                                                "fine-tuned metric."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Write the ranking here (default: "
+                                                                 "runs/rank/<config folder>/<config name>)."),
+    sets: Optional[List[str]] = SetOpt, overwrite: bool = OverwriteOpt, json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt, debug: bool = DebugOpt,
+) -> None:
+    """Rank candidate starting points on the target task from their features, without training."""
+
+    def action(console: Any) -> Any:
+        from transfer_cli.recipes.parts import RunOptions
+        from transfer_cli.recipes.rank import rank as rank_candidates
+
+        opts = RunOptions(config_path=config, run_dir=run_dir, overwrite=overwrite)
+        return rank_candidates(config, list(candidates or []), sets or [], opts, validate, console)
+
+    _execute(action, json_out, quiet, debug)
+
+
 @app.command("list")
 def list_components(json_out: bool = JsonOpt) -> None:
     """Show the registered data sets, models, optimizers, schedules, losses and metrics."""

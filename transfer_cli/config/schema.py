@@ -168,6 +168,8 @@ class TransferConfig(Section):
     unfreeze_every: int = Field(1, ge=1)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     cache_features: Union[Literal["auto"], bool] = "auto"
+    feature_cache_dir: Ref = Field(None, description="keep cached features on disk here, keyed by the backbone's "
+                                   "weights and the data, for later commands (transfer rank, a linear probe)")
     baseline: Union[Literal["none", "scratch"], BaselineConfig] = Field(
         "none", description="scratch: the same model from random initialisation with the same budget; a mapping: "
                             "with a budget of its own (see README: \"Did pretraining help?\")")

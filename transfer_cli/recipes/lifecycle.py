@@ -58,7 +58,7 @@ def start_run(run: RunDir, stage: str, exp: Experiment, parts: Optional[Parts], 
         info["resumed"] = previous.get("resumed", []) + [{"at": now(), "step": resumed_at}]
         info["resumed_at"] = resumed_at
     files = {"config.yaml": run.config_text(exp.model_dump(mode="json")), "run.json": run.run_text(info)}
-    run.create(opts.mode, files, checkpoints=stage != "evaluate")
+    run.create(opts.mode, files, checkpoints=stage not in ("evaluate", "rank"))
     return info
 
 

@@ -72,8 +72,7 @@ def build_parts(exp: Experiment, opts: RunOptions, evaluating: bool = False) -> 
     distributed.init(device)
     seed_everything(exp.seed)
     data = build_data(exp, meanwhile=None if evaluating else import_compiler_stack)
-    model = MODELS.build(exp.model.name, exp.model.params, input_shape=data.input_shape,
-                         num_outputs=data.num_outputs).to(device)
+    model = build_model(exp, data, device)
     check_batches(data, exp.data.batch_size, model)
     if distributed.world().is_distributed:
         check_distributed(exp, data, model, evaluating, opts)
@@ -97,6 +96,12 @@ def build_parts(exp: Experiment, opts: RunOptions, evaluating: bool = False) -> 
                           batch_limit=SMOKE_EVAL_BATCHES if opts.smoke else None,
                           breakdown=Breakdown.for_task(context, data.class_names))
     return Parts(data, model, loss, evaluator, monitor, higher, device, context)
+
+
+def build_model(exp: Experiment, data: DataBundle, device: torch.device) -> TransferModel:
+    """The configured architecture, shaped by the data (input shape, number of outputs)."""
+    return MODELS.build(exp.model.name, exp.model.params, input_shape=data.input_shape,
+                        num_outputs=data.num_outputs).to(device)
 
 
 def build_data(exp: Experiment, meanwhile: Optional[Callable[[], Any]] = None) -> DataBundle:

@@ -16,7 +16,7 @@ from transfer_cli.runs.rundir import RunDir
 from transfer_cli.train.acceleration import StepModuleBuilder, check_channels_last, to_channels_last
 from transfer_cli.train.callbacks import Checkpointer, ConsoleProgress, EarlyStopping, MetricsLog, PhaseController
 from transfer_cli.train.engine import Engine, EngineConfig, TrainState
-from transfer_cli.train.features import can_cache, extract_features
+from transfer_cli.train.features import FeatureStore, cached_features, can_cache
 from transfer_cli.train.optim import OPTIMIZERS, lr_scales, param_groups
 from transfer_cli.train.precise_bn import resolve_batches
 from transfer_cli.train.schedules import SCHEDULES
@@ -161,7 +161,15 @@ class Trainer:
     def _features(self, train: TensorSplit, val: Optional[TensorSplit]) -> dict[str, TensorSplit]:
         size, device, precision = self.parts.evaluator.batch_size, self.parts.device, self.exp.train.precision
         splits = {"train": train, "val": val} if val is not None else {"train": train}
-        return {name: extract_features(self.model, split, size, device, precision) for name, split in splits.items()}
+        folder = self.exp.transfer.feature_cache_dir
+        store = FeatureStore(folder) if folder else None
+        architecture = self.exp.model.model_dump(mode="json") if self.exp.model else {}
+        found = {}
+        for name, split in splits.items():
+            found[name], read = cached_features(self.model, architecture, split, size, device, precision, store)
+            if read:
+                self.console.info(f"features of the {name} split read from {folder}")
+        return found
 
     def _head_engine(self) -> Engine:
         """An engine over the head alone, sharing the optimizer, scaler, schedule and callbacks."""

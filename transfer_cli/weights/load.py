@@ -3,7 +3,7 @@ head, and report exactly what was loaded."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -35,9 +35,14 @@ class LoadReport:
     key_map: dict = field(default_factory=dict)  # transfer.keys as applied
     key_rules: list[dict] = field(default_factory=list)  # what each rule changed or dropped
     dropped: list[str] = field(default_factory=list)  # left out by include/exclude: not an error
+    # the file's own head (mapped keys), kept for what needs the source task's predictions
+    # (transfer rank: NCE, LEEP); not part of the report
+    source_head: dict = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        report = asdict(replace(self, source_head={}))
+        del report["source_head"]
+        return report
 
     def summary(self) -> str:
         head = f"new head ({self.head_reason})" if self.head_replaced else "head loaded"
@@ -73,7 +78,8 @@ def load_initial_weights(model: TransferModel, ref: str, head: str = "auto", str
     mapped = map_keys(original, keys, source=str(path))
     state = mapped.state
     report = LoadReport(source=ref, weights=str(path), sha256=sha256_of(path), key_map=keys.model_dump(),
-                        key_rules=mapped.rules, dropped=sorted(mapped.dropped))
+                        key_rules=mapped.rules, dropped=sorted(mapped.dropped),
+                        source_head={k: v for k, v in state.items() if k.startswith(HEAD_PREFIX)})
     wanted = key_filter(keys)
     target = model.state_dict()
     head_keys = [k for k in target if k.startswith(HEAD_PREFIX)]

@@ -18,6 +18,13 @@ the resident set size over its level before training, sampled every millisecond)
     python scripts/bench.py                          # both cases, torch's default thread count
     python scripts/bench.py --cases mlp --repeats 9 --steps 200
     python scripts/bench.py --device cuda --precision bf16
+    python scripts/bench.py --trackers               # engine with TensorBoard and MLflow (sqlite) on
+
+With --trackers, the engine's runs also open the run's trackers as `transfer pretrain` does
+(TensorBoard and an MLflow sqlite store in the temporary folder: the import, the store's
+creation and the params are written while the timed steps run) and hand them a record of 12
+metrics every 10 steps, as evaluations would (the evaluations themselves are not run: the plain
+loop has none).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from transfer_cli.eval.evaluation import autocast  # noqa: E402
 from transfer_cli.recipes.components import registries  # noqa: E402
 from transfer_cli.recipes.parts import RunOptions, build_parts  # noqa: E402
 from transfer_cli.runs.rundir import RunDir  # noqa: E402
+from transfer_cli.track.tracking import Tracking  # noqa: E402
 from transfer_cli.train.engine import BaseCallback, TrainState  # noqa: E402
 from transfer_cli.train.trainer import Trainer  # noqa: E402
 
@@ -97,6 +105,9 @@ class Setup:
                   # precise BN off: the plain loop has no counterpart (its cost: scripts/bench_precise_bn.py)
                   "train": {"epochs": 1, "max_steps": args.steps, "eval_every_steps": 10**9, "precise_bn": 0,
                             "device": args.device, "precision": args.precision}}
+        if args.trackers:
+            config["log"] = {"tensorboard": True, "mlflow": {"tracking_uri": f"sqlite:///{workdir}/mlflow.db",
+                                                             "experiment": case.name}}
         path = workdir / f"{case.name}.yaml"
         path.write_text(yaml.safe_dump(config))
         self.exp = load_experiment(path, "pretrain", [], registries())
@@ -174,9 +185,28 @@ def run_engine(setup: Setup, steps: int) -> tuple[float, float]:
     clock = StepClock(setup.device)
     trainer.callbacks.insert(0, clock)
     trainer.engine.callbacks.insert(0, clock)
+    tracking = None
+    if setup.exp.log.tensorboard or setup.exp.log.mlflow:
+        tracking = Tracking.open(run, setup.exp, "pretrain", {"init": "random"}, Console(quiet=True))
+        trainer.add_callback(TrackerFeed(tracking))
     trainer.fit(setup.train, None, TrainState())
     trainer.close()
+    if tracking is not None:
+        tracking.close(None)
     return clock.elapsed
+
+
+class TrackerFeed(BaseCallback):
+    """Every 10 steps, a record like an evaluation's, for the trackers."""
+
+    def __init__(self, tracking: "Tracking") -> None:
+        self.tracking = tracking
+
+    def on_step_end(self, engine, state) -> None:
+        if state.step % 10 == 0:
+            record = {"step": state.step, "lr": 1e-3, "train/loss": 1.0,
+                      **{f"val/metric{i}": 0.5 for i in range(10)}}
+            self.tracking.on_eval_end(engine, state, record, False)
 
 
 LOOPS: dict[str, Callable[[Setup, int], tuple[float, float]]] = {"plain": run_plain, "engine": run_engine}
@@ -282,6 +312,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steady on a shared "
                                                                  "machine; 0: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory probes")
+    parser.add_argument("--trackers", action="store_true", help="the engine with TensorBoard and MLflow on")
     parser.add_argument("--memory-child", nargs=2, metavar=("CASE", "LOOP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:

@@ -184,6 +184,21 @@ class TransferConfig(Section):
         return seeds
 
 
+class MlflowConfig(Section):
+    tracking_uri: str = Field(..., min_length=1, description="where runs are stored, e.g. sqlite:///runs/mlflow.db "
+                                                             "or file:runs/mlruns (no default: never a server "
+                                                             "you did not name)")
+    experiment: Optional[str] = Field(None, min_length=1, description="MLflow experiment (default: the config's "
+                                                                       "name, else 'transfer')")
+
+
+class LogConfig(Section):
+    """Experiment trackers, written beside metrics.jsonl (rank 0, off the training step)."""
+
+    tensorboard: bool = Field(False, description="TensorBoard event files in <run>/tensorboard")
+    mlflow: Optional[MlflowConfig] = Field(None, description="an MLflow run per stage in this tracking store")
+
+
 class Experiment(Section):
     name: Optional[str] = None
     seed: int = Field(0, ge=0)
@@ -196,3 +211,4 @@ class Experiment(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
+    log: LogConfig = Field(default_factory=LogConfig)

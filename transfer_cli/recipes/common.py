@@ -20,6 +20,7 @@ from transfer_cli.report.content import data_line, make_report, model_line
 from transfer_cli.report.headline import headline_table
 from transfer_cli.runs import checkpoints as ckpt
 from transfer_cli.runs.rundir import RunDir
+from transfer_cli.track.tracking import Tracking, stopped_status
 from transfer_cli.train.engine import TrainState
 from transfer_cli.train.resume import restore_training
 from transfer_cli.train.trainer import Trainer, phases_summary
@@ -47,8 +48,11 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
         created.append(True)
         return info
 
+    tracking = None
     try:  # from the run's creation on, a stop (Ctrl-C while the ranks exchange, too) is recorded
         started = distributed.on_main(begin)
+        tracking = Tracking.open(run, exp, stage, lineage, console, resume_at=state.step if opts.resume else None)
+        trainer.add_callback(tracking)
         run.update_run(strategy={"name": exp.transfer.strategy, "phases": phases_summary(trainer.plan)})
         console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {trainer.total} steps "
                      f"on {parts.device}; run dir {path}")
@@ -59,9 +63,12 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
     except BaseException as exc:  # also a failure while evaluating or reporting: never left "running"
         if created or opts.resume:
             record_stop(run, state, exc)
+        if tracking is not None:
+            tracking.close(None, stopped_status(exc))
         raise
     finally:
         trainer.close()
+    tracking.close(report)
     console.show(headline_table(report))
     show_diagnostics(report, console)
     return report

@@ -27,6 +27,7 @@ from transfer_cli.report.headline import headline_table
 from transfer_cli.report.write import write_report
 from transfer_cli.runs.provenance import now
 from transfer_cli.runs.rundir import RunDir
+from transfer_cli.track.tracking import Tracking, stopped_status, track_report
 from transfer_cli.train.resume import check_same_config
 from transfer_cli.weights.load import load_initial_weights
 
@@ -87,6 +88,7 @@ def with_baseline(exp: Experiment, opts: RunOptions, console: Console, report: d
                                   steps) for kind in kinds}
     report = add_gains(report, bases, exp)
     write_report(run, report, console)
+    track_report(run, exp, "finetune", report, console)
     for kind in kinds:
         say = console.info if report["gains"][kind]["trustworthy"] else console.warn
         say(gain_line(report, kind))
@@ -193,10 +195,13 @@ def over_seeds(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     distributed.on_main(lambda: start_run(run, "finetune", exp, None, opts,
                                           lineage={"init_from": exp.transfer.init_from},
                                           resumed_at=0 if opts.resume else None))
+    tracking = Tracking.open(run, exp, "finetune", {"init_from": exp.transfer.init_from}, console)
+    tracking.flush()  # its run id, before the seeds' runs name it as their parent
     try:
         reports = [finetune(*_seed_run(exp, opts, seed, path), console) for seed in seeds]
     except BaseException as exc:
         record_stop(run, None, exc)
+        tracking.close(None, stopped_status(exc))
         raise
     # the keys of a single run's report that a mean over runs does not have are null
     empty = {"splits": {}, "checkpoint": None, "lineage": {"init_from": exp.transfer.init_from}, "timings": {},
@@ -204,6 +209,7 @@ def over_seeds(exp: Experiment, opts: RunOptions, console: Console) -> dict:
     report = {**header, **empty, **aggregate(reports, seeds)}
     write_report(run, report, console)
     run.update_run(status="completed", ended_at=now(), seeds=seeds)
+    tracking.close(report)
     console.info(f"finetune over seeds {seeds}: mean of {len(seeds)} runs")
     console.show(headline_table(report))
     if report.get("transfer_gain"):

@@ -26,6 +26,7 @@ from transfer_cli.eval.metrics import (MetricContext, build_metrics, higher_is_b
                                   resolve_threshold)
 from transfer_cli.models import MODELS, TransferModel
 from transfer_cli.train.losses import LOSSES
+from transfer_cli.track.tracking import check_trackers
 from transfer_cli.train.seeding import seed_everything
 
 SMOKE_EVAL_BATCHES = 2
@@ -68,6 +69,7 @@ class Parts:
 def build_parts(exp: Experiment, opts: RunOptions, evaluating: bool = False) -> Parts:
     """Data, model, loss and evaluator from a validated experiment (`evaluating`: no training, so
     the data needs no train/val split and the monitor is not checked)."""
+    check_trackers(exp.log)
     device = resolve_device(exp.train.device)
     distributed.init(device)
     seed_everything(exp.seed)

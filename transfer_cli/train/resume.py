@@ -122,6 +122,9 @@ def _repair_aliases(run: RunDir, resumed: Path, state: TrainState) -> None:
     ckpt.point(run.checkpoints, "best", best if ckpt.is_complete(best) else resumed)
 
 
+NOT_COMPARED = ("run_dir", "log")
+
+
 def check_same_config(run: RunDir, exp: Experiment, smoke: bool = False) -> None:
     """Resuming with another config (or a --smoke run without --smoke, or the reverse) would
     silently mix two experiments: refuse and say where."""
@@ -143,9 +146,10 @@ def check_same_config(run: RunDir, exp: Experiment, smoke: bool = False) -> None
         stored = Experiment.model_validate(stored).model_dump(mode="json")
     except ValueError:  # a config of an older schema: compared as it is written
         pass
-    # where the run lives is not part of the experiment: a run dir that was moved resumes
-    stored = {k: v for k, v in stored.items() if k != "run_dir"}
-    current = {k: v for k, v in exp.model_dump(mode="json").items() if k != "run_dir"}
+    # where the run lives and where it is tracked are not part of the experiment: a run dir that
+    # was moved resumes, and so does one with a tracker turned on or off
+    stored = {k: v for k, v in stored.items() if k not in NOT_COMPARED}
+    current = {k: v for k, v in exp.model_dump(mode="json").items() if k not in NOT_COMPARED}
     differences = _diff(stored, current)
     if differences:
         shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")

@@ -179,6 +179,11 @@ class Trainer:
         engine.continue_from(self.engine)
         return engine
 
+    def add_callback(self, callback: Any) -> None:
+        """A callback for every engine of this training (the head-only one too), after the others."""
+        self.callbacks.append(callback)
+        self.engine.callbacks.append(callback)
+
     def close(self) -> None:
         self.progress.close()
 

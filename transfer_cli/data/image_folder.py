@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar, Literal, Optional, Union
+from typing import Annotated, ClassVar, Literal, Optional, Union
 
 import torch
 from pydantic import Field, field_validator
@@ -20,13 +20,18 @@ from transfer_cli.data.splitting import SplitParams, carve_splits, require, spli
 
 class ImageFolderParams(SplitParams):
     # derived from the training data; evaluating a run reuses the run's values (config.resolve)
-    fitted_keys: ClassVar[tuple[str, ...]] = ("classes", "size", "mean", "std")
+    fitted_keys: ClassVar[tuple[str, ...]] = ("classes", "size", "resize", "resample", "rescale", "mean", "std")
 
     size: Optional[Union[int, list[int]]] = Field(None, description="(H, W) fed to the model, or one number for "
                                                         "square images; default: the images' own size when they "
                                                         "all share one (never upsampled)")
-    resize: Optional[int] = Field(None, gt=0, description="shorter side before cropping; default: just enough to "
-                                                          "cover size")
+    resize: Optional[Union[Annotated[int, Field(gt=0)], list[Annotated[int, Field(gt=0)]]]] = Field(
+        None, description="shorter side before cropping, or an exact [height, width] (aspect ratio not kept); "
+                          "default: just enough to cover size")
+    resample: Optional[Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]] = Field(
+        None, description="the resize filter; default bilinear")
+    rescale: Optional[float] = Field(None, gt=0, description="pixel factor before mean/std; default 1/255, so "
+                                                             "mean/std are of [0, 1] pixels")
     random_crop: bool = Field(False, description="training crops at random positions (else the centre)")
     flip: bool = Field(False, description="training flips horizontally with probability 0.5")
     mode: Literal["RGB", "L"] = Field("RGB", description="RGB (3 channels) or L (grey, 1 channel)")
@@ -50,6 +55,13 @@ class ImageFolderParams(SplitParams):
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"expected a positive number or [height, width], got {value!r}")
         return size
+
+    @field_validator("resize")
+    @classmethod
+    def _resize(cls, value: Optional[Union[int, list[int]]]) -> Optional[Union[int, list[int]]]:
+        if isinstance(value, list) and len(value) != 2:
+            raise ValueError(f"expected the shorter side or [height, width], got {value!r}")
+        return value
 
 
 def scan(root: Path, key: str, extensions: list[str],
@@ -175,8 +187,13 @@ def list_images(params: ImageFolderParams) -> tuple[list[str], list[str], dict[s
 
 
 def _transform(params: ImageFolderParams, size: list[int]) -> ImageTransform:
-    return ImageTransform(size=(size[0], size[1]), resize=params.resize, mode=params.mode,
-                          random_crop=params.random_crop, flip=params.flip)
+    """The one transform of every split (and of `predict`), from the resolved params."""
+    resize = tuple(params.resize) if isinstance(params.resize, list) else params.resize
+    if isinstance(resize, tuple) and (resize[0] < size[0] or resize[1] < size[1]):
+        raise DataError(f"data.params.resize: {list(resize)} is smaller than data.params.size {size}, which is "
+                        f"cropped out of it; make resize at least size")
+    return ImageTransform(size=(size[0], size[1]), resize=resize, mode=params.mode, random_crop=params.random_crop,
+                          flip=params.flip, resample=params.resample or "bilinear", rescale=params.rescale)
 
 
 def _check_stats(mean: list[float], std: list[float], channels: int) -> None:

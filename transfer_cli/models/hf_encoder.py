@@ -28,6 +28,7 @@ from transfer_cli.core.registry import Params
 from transfer_cli.data.splitting import DataPath
 from transfer_cli.models.base import TransferModel
 from transfer_cli.models.hf_groups import layer_groups
+from transfer_cli.models.hf_preprocess import image_preprocessing
 from transfer_cli.models.hf_kinds import HFKind, model_kind, transformers_module
 from transfer_cli.models.registry import MODELS
 from transfer_cli.runs.provenance import sha256_of
@@ -46,6 +47,11 @@ class HFEncoderParams(Params):
                             "cls: first token; mean: over non-padding tokens (or positions); last: last non-padding "
                             "token")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the pooled features")
+
+    @staticmethod
+    def data_defaults(params: dict, data_name: str) -> dict:
+        """A vision model's own preprocessing as image_folder params (see hf_preprocess)."""
+        return image_preprocessing(Path(params["path"])) if data_name == "image_folder" else {}
 
 
 class HFBackbone(nn.Module):

@@ -95,6 +95,7 @@ def build_parts(exp: Experiment, opts: RunOptions, evaluating: bool = False) -> 
 
 
 def build_data(exp: Experiment) -> DataBundle:
+    take_model_preprocessing(exp)
     data = DATASETS.build(exp.data.name, exp.data.params, seed=exp.seed)
     exp.data.params.update(data.fitted)  # recorded in the run's config: evaluating it maps labels the same way
     check_bundle(data, exp.data.name)
@@ -108,6 +109,18 @@ def build_data(exp: Experiment) -> DataBundle:
         data.splits["train"] = train.subset(index)
         data.info["per_class"] = exp.data.per_class
     return data
+
+
+def take_model_preprocessing(exp: Experiment) -> None:
+    """Data params the model brings (a Hugging Face vision model's own preprocessing), for every
+    key the config leaves unset; written into the run's config.yaml with the rest, so evaluate
+    (and predict) prepare inputs the same way."""
+    if exp.model is None or exp.model.name not in MODELS:
+        return
+    hook = getattr(MODELS.get(exp.model.name).params, "data_defaults", None)
+    for key, value in (hook(exp.model.params, exp.data.name) if hook else {}).items():
+        if exp.data.params.get(key) is None:
+            exp.data.params[key] = value
 
 
 def check_monitor(monitor: str, names: list[str], data: DataBundle) -> None:

@@ -36,8 +36,6 @@ def image_preprocessing(directory: Path) -> dict[str, Any]:
     out["rescale"] = float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0
     if config.get("do_normalize", True) and config.get("image_mean") is not None:
         out["mean"], out["std"] = _per_channel(config["image_mean"]), _per_channel(config.get("image_std", 1.0))
-    elif not config.get("do_normalize", True):
-        out["normalize"] = False
     return out
 
 

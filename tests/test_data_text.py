@@ -73,7 +73,8 @@ def test_finetune_needs_no_init_from_and_records_the_directorys_weights(tiny_ber
     lineage = read_json(run / "run.json")["lineage"]
     weights = tiny_bert / "model.safetensors"
     assert lineage == {"init_from": None, "pretrained": str(tiny_bert), "weights": str(weights),
-                       "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+                       "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "model_type": "bert",
+                       "kind": "text"}
     elsewhere = tiny_bert.parent / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar, Literal, Optional, Union
+from typing import Annotated, ClassVar, Literal, Optional, Union
 
 import torch
 from pydantic import Field, field_validator
@@ -20,11 +20,18 @@ from transfer_cli.data.splitting import SplitParams, carve_splits, require, spli
 
 class ImageFolderParams(SplitParams):
     # derived from the training data; evaluating a run reuses the run's values (config.resolve)
-    fitted_keys: ClassVar[tuple[str, ...]] = ("classes", "mean", "std")
+    fitted_keys: ClassVar[tuple[str, ...]] = ("classes", "size", "resize", "resample", "rescale", "mean", "std")
 
-    size: Union[int, list[int]] = Field(224, description="(H, W) fed to the model, or one number for square images")
-    resize: Optional[int] = Field(None, gt=0, description="shorter side before cropping; default: just enough to "
-                                                          "cover size")
+    size: Optional[Union[int, list[int]]] = Field(None, description="(H, W) fed to the model, or one number for "
+                                                        "square images; default: the images' own size when they "
+                                                        "all share one (never upsampled)")
+    resize: Optional[Union[Annotated[int, Field(gt=0)], list[Annotated[int, Field(gt=0)]]]] = Field(
+        None, description="shorter side before cropping, or an exact [height, width] (aspect ratio not kept); "
+                          "default: just enough to cover size")
+    resample: Optional[Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]] = Field(
+        None, description="the resize filter; default bilinear")
+    rescale: Optional[float] = Field(None, gt=0, description="pixel factor before mean/std; default 1/255, so "
+                                                             "mean/std are of [0, 1] pixels")
     random_crop: bool = Field(False, description="training crops at random positions (else the centre)")
     flip: bool = Field(False, description="training flips horizontally with probability 0.5")
     mode: Literal["RGB", "L"] = Field("RGB", description="RGB (3 channels) or L (grey, 1 channel)")
@@ -41,11 +48,20 @@ class ImageFolderParams(SplitParams):
 
     @field_validator("size")
     @classmethod
-    def _size(cls, value: Union[int, list[int]]) -> list[int]:
+    def _size(cls, value: Optional[Union[int, list[int]]]) -> Optional[list[int]]:
+        if value is None:
+            return None
         size = [value, value] if isinstance(value, int) else value
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"expected a positive number or [height, width], got {value!r}")
         return size
+
+    @field_validator("resize")
+    @classmethod
+    def _resize(cls, value: Optional[Union[int, list[int]]]) -> Optional[Union[int, list[int]]]:
+        if isinstance(value, list) and len(value) != 2:
+            raise ValueError(f"expected the shorter side or [height, width], got {value!r}")
+        return value
 
 
 def scan(root: Path, key: str, extensions: list[str],
@@ -93,7 +109,11 @@ def folder_inputs(params: ImageFolderParams, path: str, key: str) -> tuple[list[
     if params.normalize and (params.mean is None or params.std is None):
         raise DataError("data.params: the run's config records no mean/std (a config that was never trained); "
                         "give the run directory, or a config of the run that made the weights")
-    transform = _transform(params, params.mean if params.normalize else None, params.std if params.normalize else None)
+    if params.size is None:
+        raise DataError("data.params: the run's config records no image size (a config that was never trained); "
+                        "give the run directory, or a config of the run that made the weights")
+    transform = _transform(params, params.size, params.mean if params.normalize else None,
+                           params.std if params.normalize else None)
     workers = params.workers if params.workers is not None else min(4, os.cpu_count() or 1)
     n = len(files)
     split = DatasetSplit(FileReader([str(p) for p in files], transform), torch.arange(n),
@@ -101,16 +121,37 @@ def folder_inputs(params: ImageFolderParams, path: str, key: str) -> tuple[list[
     return [str(p.relative_to(root)) for p in files], split
 
 
-def check_headers(files: list[Path], key: str) -> None:
-    """Open every file's header (cheap: no decoding), so that a non-image fails now, named."""
+def check_headers(files: list[Path], key: str) -> list[tuple[int, int]]:
+    """Open every file's header (cheap: no decoding), so that a non-image fails now, named.
+    Returns each image's (height, width)."""
     from PIL import Image
 
+    sizes = []
     for path in files:
         try:
-            with Image.open(path):
-                pass
+            with Image.open(path) as image:
+                sizes.append((image.height, image.width))
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"{key}: cannot read image {path}: {str(exc).strip().splitlines()[0]}") from None
+    return sizes
+
+
+def common_size(files: list[str], sizes: list[tuple[int, int]], root: str) -> list[int]:
+    """The default `size`: the images' own, when they all share one. A fixed default (224) would
+    upsample small images (28x28 by 8x, for 64x the compute) and shrink large ones unasked; with
+    mixed sizes no single size is right for every data set, so the user picks it."""
+    counts: dict[tuple[int, int], int] = {}
+    for size in sizes:
+        counts[size] = counts.get(size, 0) + 1
+    if len(counts) == 1:
+        return list(sizes[0])
+    common = max(counts, key=counts.get)
+    other = next(i for i, s in enumerate(sizes) if s != common)
+    first = sizes.index(common)
+    raise DataError(f"data.params.size: required, because the images under {root} have {len(counts)} different "
+                    f"sizes (e.g. {common[0]}x{common[1]} in {files[first]}, {sizes[other][0]}x{sizes[other][1]} "
+                    f"in {files[other]}); set data.params.size, e.g. {list(common)} (the most common, height x "
+                    f"width): images are resized to cover it and centre-cropped")
 
 
 class FileReader:
@@ -126,8 +167,9 @@ class FileReader:
 @DATASETS.register("image_folder", params=ImageFolderParams)
 def image_folder(params: ImageFolderParams, *, seed: int) -> DataBundle:
     """Images in one sub-folder per class (PNG/JPEG), decoded by DataLoader workers."""
-    classes, files, given = list_images(params)
-    transform = _transform(params)
+    classes, files, given, sizes = list_images(params)
+    size = params.size or common_size(files, sizes, ", ".join(params.sources().values()))
+    transform = _transform(params, size)
     workers = params.workers if params.workers is not None else min(4, os.cpu_count() or 1)
     shape = (transform.channels, *transform.size)
 
@@ -138,13 +180,13 @@ def image_folder(params: ImageFolderParams, *, seed: int) -> DataBundle:
                             params, given[params.reference()][1], params.key_of(params.reference()))
 
     splits = make_splits(transform)
-    fitted: dict = {"classes": classes}
+    fitted: dict = {"classes": classes, "size": size}
     if params.normalize:
         given_stats = params.mean is not None and params.std is not None
         mean, std = (params.mean, params.std) if given_stats else channel_stats(
             splits.get("train", next(iter(splits.values()))), params.stats_samples, params.split_seed)
         _check_stats(mean, std, transform.channels)
-        splits = make_splits(_transform(params, mean, std))
+        splits = make_splits(_transform(params, size, mean, std))
         fitted.update(mean=mean, std=std)
     return DataBundle(
         splits=splits, task="multiclass", num_outputs=len(classes), class_names=classes,
@@ -154,8 +196,10 @@ def image_folder(params: ImageFolderParams, *, seed: int) -> DataBundle:
     )
 
 
-def list_images(params: ImageFolderParams) -> tuple[list[str], list[str], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """(classes, every file, {split: (file ids, labels)}) of the folders the params name."""
+def list_images(params: ImageFolderParams) -> tuple[list[str], list[str], dict[str, tuple[torch.Tensor, torch.Tensor]],
+                                                    list[tuple[int, int]]]:
+    """(classes, every file, {split: (file ids, labels)}, every file's (height, width)) of the
+    folders the params name."""
     roots = {split: require(path, params.key_of(split), "folder") for split, path in params.sources().items()}
     first = params.reference()
     classes, by_class = scan(roots[first], params.key_of(first), params.extensions, params.classes)
@@ -164,22 +208,28 @@ def list_images(params: ImageFolderParams) -> tuple[list[str], list[str], dict[s
         if split != first:
             per_split[split] = scan(roots[split], params.key_of(split), params.extensions, classes)[1]
     files: list[str] = []
+    sizes: list[tuple[int, int]] = []
     given = {}
     for split, by_class in per_split.items():
         first, labels = len(files), []
         for name, paths in by_class.items():
-            check_headers(paths, params.key_of(split))
+            sizes += check_headers(paths, params.key_of(split))
             files += [str(p) for p in paths]
             labels += [classes.index(name)] * len(paths)
         given[split] = (torch.arange(first, len(files)), torch.tensor(labels, dtype=torch.int64))
-    return classes, files, given
+    return classes, files, given, sizes
 
 
-def _transform(params: ImageFolderParams, mean: Optional[list[float]] = None,
+def _transform(params: ImageFolderParams, size: list[int], mean: Optional[list[float]] = None,
                std: Optional[list[float]] = None) -> ImageTransform:
-    """What every split of the run decodes with (augmentation only in training passes)."""
-    return ImageTransform(size=(params.size[0], params.size[1]), resize=params.resize, mode=params.mode,
-                          random_crop=params.random_crop, flip=params.flip,
+    """The one transform of every split (and of `predict`), from the resolved params
+    (augmentation only in training passes)."""
+    resize = tuple(params.resize) if isinstance(params.resize, list) else params.resize
+    if isinstance(resize, tuple) and (resize[0] < size[0] or resize[1] < size[1]):
+        raise DataError(f"data.params.resize: {list(resize)} is smaller than data.params.size {size}, which is "
+                        f"cropped out of it; make resize at least size")
+    return ImageTransform(size=(size[0], size[1]), resize=resize, mode=params.mode, random_crop=params.random_crop,
+                          flip=params.flip, resample=params.resample or "bilinear", rescale=params.rescale,
                           mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None)
 
 

@@ -19,12 +19,14 @@ class ImageTransform:
     enough to cover `size`). random_crop/flip apply only in training (when a seed is given)."""
 
     size: tuple[int, int]
-    resize: Optional[int] = None
+    resize: Optional[Union[int, tuple[int, int]]] = None  # the shorter side, or an exact (H, W)
     mode: str = "RGB"
     random_crop: bool = False
     flip: bool = False
     mean: Optional[tuple[float, ...]] = None
     std: Optional[tuple[float, ...]] = None
+    resample: str = "bilinear"
+    rescale: Optional[float] = None  # pixel factor before mean/std; None: 1/255
 
     @property
     def channels(self) -> int:
@@ -47,6 +49,11 @@ class ImageTransform:
             message = str(exc).strip().splitlines()
             return ReadFailure(path, message[0] if message else type(exc).__name__)
         x = torch.from_numpy(pixels.copy()).reshape(pixels.shape[0], pixels.shape[1], -1).permute(2, 0, 1).float()
+        if self.rescale is not None:  # a model's own factor (preprocessor_config.json)
+            x.mul_(self.rescale)
+            if self.mean is None or self.std is None:
+                return x
+            return x.sub_(torch.tensor(self.mean).view(-1, 1, 1)).div_(torch.tensor(self.std).view(-1, 1, 1))
         if self.mean is None or self.std is None:
             return x.div_(255)
         # (x / 255 - mean) / std in two in-place passes
@@ -57,6 +64,8 @@ class ImageTransform:
         """The smallest (w, h) with the image's aspect ratio that covers the crop (and `resize`)."""
         width, height = size
         h, w = self.size
+        if isinstance(self.resize, tuple):  # exact (H, W), aspect ratio not kept (as ViT's processors do)
+            return self.resize[1], self.resize[0]
         scale = max(h / height, w / width)
         if self.resize:
             scale = max(scale, self.resize / min(width, height))
@@ -66,7 +75,8 @@ class ImageTransform:
         from PIL import Image
 
         target = self._cover(image.size)
-        return image if image.size == target else image.resize(target, Image.Resampling.BILINEAR)
+        filter_ = getattr(Image.Resampling, self.resample.upper())
+        return image if image.size == target else image.resize(target, filter_)
 
     def _cropped(self, image, rng: Optional[random.Random]):  # noqa: ANN001, ANN202
         width, height = image.size

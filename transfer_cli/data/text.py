@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Optional
 
 import torch
 from pydantic import Field
@@ -21,12 +21,18 @@ from transfer_cli.data.splitting import DataPath, carve_splits, split_info
 from transfer_cli.data.tabular import Table, TableParams, read_table, require_columns, table_targets
 
 PAD_TOKENS = ("[PAD]", "<pad>", "<|padding|>", "<|endoftext|>")
+# a decoder-only model's tokenizer often has no padding token: its end-of-text token pads instead
+# (harmless: padding is masked, and the last non-padding token is pooled)
+EOS_TOKENS = ("</s>", "<|end_of_text|>", "<|eot_id|>", "<|im_end|>", "<eos>")
 
 
 class TextCsvParams(TableParams):
     text: str = Field(..., description="the text column")
     tokenizer: DataPath = Field(..., description="a tokenizer.json file, or a local Hugging Face model directory")
     max_length: int = Field(128, ge=2, description="tokens per text: longer texts are truncated, shorter ones padded")
+    pad_token: Optional[str] = Field(None, description="the padding token; default: the tokenizer's own, else the "
+                                                       "first of its known padding or end-of-text tokens (recorded)")
+    fitted_keys: ClassVar[tuple[str, ...]] = ("classes", "pad_token")
 
 
 @DATASETS.register("text_csv", params=TextCsvParams)
@@ -35,7 +41,7 @@ def text_csv(params: TextCsvParams, *, seed: int) -> DataBundle:
     tables = {split: read_table(path, params.key_of(split), params.delimiter)
               for split, path in params.sources().items()}
     targets = table_targets(tables, params)
-    tokenizer = load_tokenizer(Path(params.tokenizer), params.max_length)
+    tokenizer = load_tokenizer(Path(params.tokenizer), params.max_length, params.pad_token)
     given, truncated = {}, 0
     for split, table in tables.items():
         x, cut = tokenize(tokenizer, table.column(params.text, "text"), params.max_length)
@@ -45,9 +51,11 @@ def text_csv(params: TextCsvParams, *, seed: int) -> DataBundle:
     return DataBundle(
         splits=splits, task=targets.task, num_outputs=targets.num_outputs, class_names=targets.class_names,
         info={"source": f"text csv {', '.join(params.sources().values())}", "tokenizer": params.tokenizer,
+              "pad_token": tokenizer.padding["pad_token"],
               "vocab_size": tokenizer.get_vocab_size(), "truncated_texts": truncated,
               **split_info(params, {name: len(s) for name, s in splits.items()}, targets.strata is not None)},
-        fitted={"classes": targets.class_names} if targets.class_names else {},
+        fitted={"pad_token": tokenizer.padding["pad_token"],
+                **({"classes": targets.class_names} if targets.class_names else {})},
     )
 
 
@@ -55,11 +63,11 @@ def text_inputs(params: TextCsvParams, path: str, key: str) -> tuple[Table, torc
     """Unlabelled texts tokenized as in training: the run's tokenizer and max_length."""
     table = read_table(path, key, params.delimiter)
     require_columns(table, [params.text], "text")
-    tokenizer = load_tokenizer(Path(params.tokenizer), params.max_length)
+    tokenizer = load_tokenizer(Path(params.tokenizer), params.max_length, params.pad_token)
     return table, tokenize(tokenizer, table.column(params.text, "text"), params.max_length)[0]
 
 
-def load_tokenizer(path: Path, max_length: int) -> Any:
+def load_tokenizer(path: Path, max_length: int, pad_token: Optional[str] = None) -> Any:
     """A `tokenizers.Tokenizer` from a tokenizer.json file or a model directory holding one."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
     try:
@@ -78,7 +86,7 @@ def load_tokenizer(path: Path, max_length: int) -> Any:
             tokenizer = Tokenizer.from_file(str(file))
         except Exception as exc:  # noqa: BLE001  the tokenizers library raises its own exception types
             raise DataError(f"data.params.tokenizer: cannot read {file} as a tokenizers JSON file ({exc})") from None
-    pad_id, pad_token = _padding(tokenizer, file)
+    pad_id, pad_token = _padding(tokenizer, file, pad_token)
     tokenizer.enable_truncation(max_length)
     tokenizer.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad_token)
     return tokenizer
@@ -100,15 +108,21 @@ def _converted(directory: Path) -> Any:
                         f"({first[0] if first else type(exc).__name__})") from None
 
 
-def _padding(tokenizer: Any, file: Path) -> tuple[int, str]:
+def _padding(tokenizer: Any, file: Path, given: Optional[str]) -> tuple[int, str]:
+    if given is not None:
+        token_id = tokenizer.token_to_id(given)
+        if token_id is None:
+            raise DataError(f"data.params.pad_token: {given!r} is not a token of {file}; remove it to use the "
+                            f"tokenizer's own padding")
+        return token_id, given
     if tokenizer.padding:
         return tokenizer.padding["pad_id"], tokenizer.padding["pad_token"]
-    for token in PAD_TOKENS:
+    for token in PAD_TOKENS + EOS_TOKENS:
         token_id = tokenizer.token_to_id(token)
         if token_id is not None:
             return token_id, token
-    raise DataError(f"data.params.tokenizer: {file} defines no padding token (none of {', '.join(PAD_TOKENS)}); "
-                    f"add one to the tokenizer")
+    raise DataError(f"data.params.tokenizer: {file} defines no padding token (none of "
+                    f"{', '.join(PAD_TOKENS + EOS_TOKENS)}); set data.params.pad_token to one of its tokens")
 
 
 def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> tuple[torch.Tensor, int]:

@@ -1,8 +1,14 @@
-"""`hf_encoder`: a pretrained Hugging Face transformer encoder from a local directory (offline),
-pooled (CLS token or mean over tokens) into features for the linear head.
+"""`hf_encoder`: a pretrained Hugging Face model from a local directory (offline), of any of the
+kinds `hf_kinds` reads from its config.json, pooled into features for the linear head.
 
-It takes the (2, max_length) samples of `text_csv`: token ids and attention mask. Its layer
-groups are the embeddings and each encoder layer, so freezing, layer-wise learning rates and
+    text      (2, L) ids + mask (text_csv)   pooled: mean over non-padding tokens, or the first token
+    vision    (C, H, W) images               pooled: the model's own pooling (its pooler output, a norm
+                                             or average pool), or the first token where its pooler is a
+                                             trained projection (ViT, DeiT), which we drop
+    decoder   (2, L) ids + mask (text_csv)   pooled: the last non-padding token (the only one that has
+                                             seen the whole text in a causal model)
+
+Its layer groups (`hf_groups`) cover every parameter, so freezing, layer-wise learning rates and
 gradual unfreezing act on it as on any model. Needs the optional extra: pip install -e ".[hf]".
 """
 
@@ -11,51 +17,77 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from transfer_cli.core.errors import CheckpointError, ConfigError, DataError
+from transfer_cli.core.errors import CheckpointError, DataError
 from transfer_cli.core.registry import Params
 from transfer_cli.data.splitting import DataPath
 from transfer_cli.models.base import TransferModel
+from transfer_cli.models.hf_groups import layer_groups
+from transfer_cli.models.hf_preprocess import image_preprocessing
+from transfer_cli.models.hf_kinds import HFKind, model_kind, transformers_module
 from transfer_cli.models.registry import MODELS
 from transfer_cli.runs.provenance import sha256_of
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+POOLING = {"text": ("mean", "cls"), "vision": ("model", "cls", "mean"), "decoder": ("last", "mean")}
 
 
 class HFEncoderParams(Params):
     loads_pretrained: ClassVar[bool] = True  # finetune needs no init_from; pretrain does not apply
 
     path: DataPath = Field(..., description="local directory with config.json and the weights (offline)")
-    pooling: Literal["cls", "mean"] = Field("mean", description="first token, or mean over non-padding tokens")
+    pooling: Literal["auto", "cls", "mean", "last", "model"] = Field(
+        "auto", description="auto: mean (text encoders), model (vision: the model's own pooling), last (decoders); "
+                            "cls: first token; mean: over non-padding tokens (or positions); last: last non-padding "
+                            "token")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the pooled features")
+
+    @staticmethod
+    def data_defaults(params: dict, data_name: str) -> dict:
+        """A vision model's own preprocessing as image_folder params (see hf_preprocess)."""
+        return image_preprocessing(Path(params["path"])) if data_name == "image_folder" else {}
 
 
 class HFBackbone(nn.Module):
-    """(N, 2, L) ids + attention mask -> (N, hidden) pooled features."""
+    """Text and decoder kinds: (N, 2, L) ids + attention mask -> (N, hidden) pooled features.
+    Vision: (N, C, H, W) -> (N, features)."""
 
-    def __init__(self, encoder: nn.Module, pooling: str, dropout: float) -> None:
+    def __init__(self, encoder: nn.Module, kind: str, pooling: str, dropout: float) -> None:
         super().__init__()
-        self.encoder, self.pooling = encoder, pooling
+        self.encoder, self.kind, self.pooling = encoder, kind, pooling
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self._ids_checked = False
+        self._ids_checked = kind == "vision"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "vision":
+            return self.dropout(self._pool_image(self.encoder(pixel_values=x)))
         ids, mask = x[:, 0], x[:, 1]
         if not self._ids_checked:  # once: a foreign tokenizer would index past the embeddings
             self._check_ids(ids)
         hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
+        elif self.pooling == "last":  # the last 1 of the mask: right or left padding alike
+            last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         else:
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
         return self.dropout(pooled)
+
+    def _pool_image(self, out) -> torch.Tensor:  # noqa: ANN001  a transformers ModelOutput
+        if self.pooling == "model" and getattr(out, "pooler_output", None) is not None:
+            return out.pooler_output.flatten(1)
+        hidden = out.last_hidden_state
+        if hidden.dim() == 4:  # (N, C, h, w) feature maps: average over positions
+            return hidden.mean((2, 3))
+        return hidden[:, 0] if self.pooling in ("cls", "model") else hidden.mean(1)
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         vocab = self.encoder.config.vocab_size
@@ -67,26 +99,25 @@ class HFBackbone(nn.Module):
 
 
 class HFEncoderModel(TransferModel):
-    def __init__(self, backbone: HFBackbone, directory: Path, groups: list[str], num_outputs: int) -> None:
-        super().__init__(backbone, backbone.encoder.config.hidden_size, num_outputs, groups)
+    def __init__(self, backbone: HFBackbone, directory: Path, groups: list[str], feature_dim: int,
+                 num_outputs: int) -> None:
+        super().__init__(backbone, feature_dim, num_outputs, groups)
         self.directory = directory
 
     def reinitialize_pretrained(self) -> None:
         """The same architecture, randomly initialised (seeded by the global torch seed)."""
-        import transformers
-
+        transformers = transformers_module()
         old = self.backbone.encoder
         fresh = transformers.AutoModel.from_config(old.config).to(dtype=torch.float32,
                                                                  device=next(old.parameters()).device)
-        if getattr(fresh, "pooler", None) is not None:
-            fresh.pooler = None
-        self.backbone.encoder = fresh
+        self.backbone.encoder = drop_unused_pooler(fresh, self.backbone.pooling)
         self.directory = None
 
     def pretrained_lineage(self) -> dict:
         files = [self.directory / name for name in WEIGHT_FILES if (self.directory / name).is_file()]
         weights = files[0]
-        lineage = {"pretrained": str(self.directory), "weights": str(weights), "sha256": sha256_of(weights)}
+        lineage = {"pretrained": str(self.directory), "weights": str(weights), "sha256": sha256_of(weights),
+                   "model_type": self.backbone.encoder.config.model_type, "kind": self.backbone.kind}
         if weights.name.endswith(".index.json"):  # sharded: the index, and every shard it names
             shards = sorted(set(json.loads(weights.read_text(encoding="utf-8"))["weight_map"].values()))
             lineage["shards"] = {name: sha256_of(self.directory / name) for name in shards}
@@ -95,32 +126,90 @@ class HFEncoderModel(TransferModel):
 
 @MODELS.register("hf_encoder", params=HFEncoderParams)
 def build_hf_encoder(params: HFEncoderParams, *, input_shape: tuple[int, ...], num_outputs: int) -> TransferModel:
-    """A local Hugging Face encoder (pretrained weights), pooled, with a linear head; for text_csv data."""
-    if len(input_shape) != 2 or input_shape[0] != 2:
+    """A local Hugging Face model (pretrained weights) of any supported kind, pooled, with a linear head."""
+    directory = Path(params.path)
+    if len(input_shape) not in (2, 3):  # neither kind: say so before looking at the folder
+        raise DataError(f"model 'hf_encoder' expects tokenized text, (2, max_length) per sample (ids and mask, as "
+                        f"data text_csv makes), or images, (C, H, W) per sample (as data image_folder makes), but "
+                        f"the data has samples of shape {tuple(input_shape)}")
+    kind = model_kind(directory)
+    pooling = resolve_pooling(kind, params.pooling)
+    check_input(kind, input_shape, directory)
+    encoder = drop_unused_pooler(load_encoder(directory), pooling)
+    check_fits(encoder, kind, input_shape, directory)
+    backbone = HFBackbone(encoder, kind.kind, pooling, params.dropout)
+    groups = [f"encoder.{name}" for name in layer_groups(encoder, directory)]
+    return HFEncoderModel(backbone, directory, groups, feature_dim(backbone, input_shape, directory), num_outputs)
+
+
+def resolve_pooling(kind: HFKind, pooling: str) -> str:
+    allowed = POOLING[kind.kind]
+    if pooling == "auto":
+        return allowed[0]
+    if pooling not in allowed:
+        raise CheckpointError(f"model.params.pooling: '{pooling}' does not apply to a {kind.kind} model "
+                              f"({kind.model_type}); use auto or one of {', '.join(allowed)}")
+    return pooling
+
+
+def check_input(kind: HFKind, input_shape: tuple[int, ...], directory: Path) -> None:
+    if kind.kind == "vision":
+        if len(input_shape) != 3:
+            raise DataError(f"model 'hf_encoder' ({kind.model_type} in {directory}) expects images, (C, H, W) per "
+                            f"sample (e.g. data image_folder), but the data has samples of shape {tuple(input_shape)}")
+    elif len(input_shape) != 2 or input_shape[0] != 2:
         raise DataError(f"model 'hf_encoder' expects tokenized text, (2, max_length) per sample (ids and mask, as "
                         f"data text_csv makes), but the data has samples of shape {tuple(input_shape)}")
-    directory = Path(params.path)
-    encoder = load_encoder(directory)
-    positions = getattr(encoder.config, "max_position_embeddings", None)
+
+
+def check_fits(encoder: nn.Module, kind: HFKind, input_shape: tuple[int, ...], directory: Path) -> None:
+    config = encoder.config
+    if kind.kind == "vision":
+        channels = getattr(config, "num_channels", None)
+        if channels and input_shape[0] != channels:
+            raise DataError(f"the model in {directory} takes {channels}-channel images (num_channels in its "
+                            f"config.json), but the data has {input_shape[0]}; set data.params.mode: "
+                            f"{'RGB' if channels == 3 else 'L'}")
+        return
+    positions = getattr(config, "max_position_embeddings", None)
     if positions and input_shape[1] > positions:
         raise DataError(f"data.params.max_length {input_shape[1]} is longer than the model's {positions} positions "
                         f"({directory}); set data.params.max_length <= {positions}")
-    if getattr(encoder, "pooler", None) is not None:
-        encoder.pooler = None  # unused: we pool ourselves, and unused parameters only cost memory
-    groups = [f"encoder.{name}" for name in layer_groups(encoder, directory)]
-    return HFEncoderModel(HFBackbone(encoder, params.pooling, params.dropout), directory, groups, num_outputs)
+
+
+def feature_dim(backbone: HFBackbone, input_shape: tuple[int, ...], directory: Path) -> int:
+    """Text kinds: the hidden size. Vision: measured on one blank image, which also proves now,
+    before any training, that the model takes images of this size."""
+    if backbone.kind != "vision":
+        return backbone.encoder.config.hidden_size
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.inference_mode():
+            return int(backbone(torch.zeros(1, *input_shape)).shape[1])
+    except Exception as exc:  # noqa: BLE001  the model's own complaint (e.g. an image size it cannot take)
+        first = str(exc).strip().splitlines()
+        size = getattr(backbone.encoder.config, "image_size", None)
+        hint = f"; it was trained on {size}x{size} images: set data.params.size: {size}" if isinstance(size, int) else ""
+        raise DataError(f"the model in {directory} cannot take images of shape {tuple(input_shape)} "
+                        f"({first[0] if first else type(exc).__name__}){hint}") from None
+    finally:
+        backbone.train(was_training)
+
+
+def drop_unused_pooler(encoder: nn.Module, pooling: str) -> nn.Module:
+    """The pooler goes unless we pool with it: unused parameters only cost memory (and a pooler
+    with a trained projection, as ViT's and BERT's, is a head for another task)."""
+    pooler = getattr(encoder, "pooler", None)
+    if pooler is not None and (pooling != "model" or any(isinstance(m, nn.Linear) for m in pooler.modules())):
+        encoder.pooler = None
+    return encoder
 
 
 def load_encoder(directory: Path) -> nn.Module:
     """AutoModel from local files only, in float32; every weight must come from the directory."""
     os.environ["HF_HUB_OFFLINE"] = "1"  # a local directory only: never reach for the network
-    try:
-        import transformers
-    except ImportError:
-        raise ConfigError(["model.name: hf_encoder needs the optional package 'transformers': "
-                           "pip install -e \".[hf]\""]) from None
-    if not (directory / "config.json").is_file():
-        raise CheckpointError(f"model.params.path: {directory} is not a Hugging Face model directory (no config.json)")
+    transformers = transformers_module()
     if not any((directory / name).is_file() for name in WEIGHT_FILES):
         raise CheckpointError(f"model.params.path: no weights in {directory} (expected one of "
                               f"{', '.join(WEIGHT_FILES)})")
@@ -139,13 +228,3 @@ def load_encoder(directory: Path) -> nn.Module:
         shown = ", ".join(missing[:4]) + (f", ... ({len(missing) - 4} more)" if len(missing) > 4 else "")
         raise CheckpointError(f"model.params.path: the weights in {directory} do not cover the model: missing {shown}")
     return encoder
-
-
-def layer_groups(encoder: nn.Module, directory: Path) -> list[str]:
-    """The embeddings, then each transformer layer (the longest ModuleList), input to output."""
-    embeddings = [name for name, _ in encoder.named_children() if "embed" in name]
-    lists: list[tuple[str, Any]] = [(n, m) for n, m in encoder.named_modules() if isinstance(m, nn.ModuleList)]
-    if not embeddings or not lists:
-        raise CheckpointError(f"model.params.path: cannot find the embeddings and layers of the model in {directory}")
-    name, layers = max(lists, key=lambda item: len(item[1]))
-    return embeddings[:1] + [f"{name}.{i}" for i in range(len(layers))]

@@ -1,4 +1,5 @@
-"""LoRA (Hu et al. 2021, "Low-Rank Adaptation") on nn.Linear, nn.Conv1d and nn.Conv2d, in plain torch.
+"""LoRA (Hu et al. 2021, "Low-Rank Adaptation") on nn.Linear, nn.Conv1d and nn.Conv2d, in plain torch,
+and on transformers' `Conv1D` (GPT-2's projections: a linear layer whose weight is stored (in, out)).
 
 An adapted module keeps its own parameters and their names; it gains two parameters `lora_A` and
 `lora_B` (plus a stateless `lora_dropout`), and a forward hook adds `scale * B(A(dropout(x)))` to
@@ -24,6 +25,16 @@ from torch import nn
 from transfer_cli.core.errors import ConfigError
 
 ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """transformers.pytorch_utils.Conv1D, told by its shape (transformers stays an optional import):
+    y = x @ W + b with W of shape (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+def adaptable(module: nn.Module) -> bool:
+    return isinstance(module, ADAPTABLE) or is_transposed_linear(module)
 LORA_PARAMS = ("lora_A", "lora_B")
 
 
@@ -79,14 +90,14 @@ def adapted_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def is_adapted(module: nn.Module) -> bool:
-    return isinstance(module, ADAPTABLE) and isinstance(getattr(module, "lora_A", None), nn.Parameter)
+    return adaptable(module) and isinstance(getattr(module, "lora_A", None), nn.Parameter)
 
 
 # ---- internals -------------------------------------------------------------------------------------
 def _candidates(model: nn.Module) -> dict[str, nn.Module]:
     """Adaptable modules by name: Linear/Conv1d/Conv2d, not in the head, not grouped."""
     return {name: module for name, module in model.named_modules()
-            if isinstance(module, ADAPTABLE) and name.split(".")[0] != "head" and getattr(module, "groups", 1) == 1}
+            if adaptable(module) and name.split(".")[0] != "head" and getattr(module, "groups", 1) == 1}
 
 
 def _nothing_matches(model: nn.Module, targets: list[str], candidates: list[str]) -> str:
@@ -106,6 +117,8 @@ def _attach(module: nn.Module, rank: int, alpha: float, dropout: float) -> None:
     weight = module.weight
     if isinstance(module, nn.Linear):
         a_shape, b_shape = (rank, module.in_features), (module.out_features, rank)
+    elif is_transposed_linear(module):
+        a_shape, b_shape = (rank, weight.shape[0]), (weight.shape[1], rank)
     else:
         kernel = tuple(module.kernel_size)
         a_shape, b_shape = (rank, module.in_channels, *kernel), (module.out_channels, rank, *(1,) * len(kernel))
@@ -121,7 +134,7 @@ def _attach(module: nn.Module, rank: int, alpha: float, dropout: float) -> None:
 def _add_lora_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
     # a module-level function reading the module it is given, so that deep copies stay independent
     x = module.lora_dropout(inputs[0])
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or is_transposed_linear(module):
         delta = F.linear(F.linear(x, module.lora_A), module.lora_B)
     else:
         pointwise = F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
@@ -133,6 +146,8 @@ def _add_lora_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> 
 def _delta_weight(module: nn.Module) -> torch.Tensor:
     """scale * B·A in the shape and dtype of the module's weight (computed in float32)."""
     delta = module.lora_B.flatten(1).float() @ module.lora_A.flatten(1).float()
+    if is_transposed_linear(module):
+        delta = delta.T  # (out, in) -> the (in, out) layout Conv1D stores
     return (module.lora_scale * delta).view(module.weight.shape).to(module.weight.dtype)
 
 

@@ -108,6 +108,7 @@ def build_model(exp: Experiment, data: DataBundle, device: torch.device) -> Tran
 
 def build_data(exp: Experiment, meanwhile: Optional[Callable[[], Any]] = None) -> DataBundle:
     """The data set, checked (`meanwhile`: run while it is built, see generate_data)."""
+    take_model_preprocessing(exp)
     data = generate_data(exp, meanwhile)
     exp.data.params.update(data.fitted)  # recorded in the run's config: evaluating it maps labels the same way
     check_bundle(data, exp.data.name)
@@ -151,6 +152,18 @@ def import_compiler_stack() -> None:
     (torch.optim.Optimizer's methods are wrapped by torch._disable_dynamo): a second or more that
     costs the same while the data set is generated in another process."""
     importlib.import_module("torch._dynamo")
+
+
+def take_model_preprocessing(exp: Experiment) -> None:
+    """Data params the model brings (a Hugging Face vision model's own preprocessing), for every
+    key the config leaves unset; written into the run's config.yaml with the rest, so evaluate
+    (and predict) prepare inputs the same way."""
+    if exp.model is None or exp.model.name not in MODELS:
+        return
+    hook = getattr(MODELS.get(exp.model.name).params, "data_defaults", None)
+    for key, value in (hook(exp.model.params, exp.data.name) if hook else {}).items():
+        if exp.data.params.get(key) is None:
+            exp.data.params[key] = value
 
 
 def check_monitor(monitor: str, names: list[str], data: DataBundle) -> None:

@@ -47,9 +47,15 @@ def matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
+def is_norm(module: nn.Module) -> bool:
+    """torch's normalization layers, and those models define themselves (Llama's RMSNorm, ...),
+    told by their class name since they subclass nn.Module directly."""
+    return isinstance(module, NORM_TYPES) or type(module).__name__.endswith(("LayerNorm", "RMSNorm", "GroupNorm"))
+
+
 def norm_parameter_names(model: nn.Module) -> set[str]:
     return {f"{module_name}.{param_name}" if module_name else param_name
-            for module_name, module in model.named_modules() if isinstance(module, NORM_TYPES)
+            for module_name, module in model.named_modules() if is_norm(module)
             for param_name, _ in module.named_parameters(recurse=False)}
 
 

@@ -43,7 +43,10 @@ def shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize("kind, cls", [("vit", "ViTForImageClassification"),
                                        ("convnext", "ConvNextForImageClassification"),
                                        ("resnet", "ResNetForImageClassification"),
-                                       ("dinov2", "Dinov2ForImageClassification")])
+                                       ("dinov2", "Dinov2ForImageClassification"),
+                                       ("deit", "DeiTForImageClassification"),
+                                       ("swin", "SwinForImageClassification"),
+                                       ("beit", "BeitForImageClassification")])
 def test_a_vision_run_exports_to_auto_model_for_image_classification(shapes: Path, kind: str, cls: str) -> None:
     run = _finetune(shapes, kind)
     result = run_cli("export", run, "--format", "hf", "--json")

@@ -242,7 +242,7 @@ def test_refusals_say_what_is_wrong_in_one_line(runs: Path, tmp_path: Path) -> N
     assert "is not a run directory" in _refused(tmp_path / "plain", "--format", "onnx")
     assert "expected one of onnx, torchscript, safetensors, hf, got 'tflite'" in _refused(
         runs / "finetune", "--format", "tflite")
-    assert "not a Hugging Face encoder (hf_encoder)" in _refused(runs / "finetune", "--format", "hf")
+    assert "not a Hugging Face model (hf_encoder)" in _refused(runs / "finetune", "--format", "hf")
     assert run_cli("evaluate", runs / "finetune", "-q").exit_code == 0  # an evaluate run: no weights
     assert "holds no weights" in _refused(runs / "finetune" / "eval-test", "--format", "torchscript")
     out = tmp_path / "taken"

@@ -5,7 +5,8 @@ Trains the same model (same initial weights) on the same in-memory data with the
 
   plain   the textbook PyTorch loop: zero_grad, forward, loss, backward, step; batches taken
           from the tensors by indexing with a seeded permutation per epoch
-  engine  transfer's Trainer/Engine as `transfer pretrain` runs it: LR schedule, strategy phase
+  engine  transfer's Trainer/Engine as `transfer pretrain` runs it (the hf_ cases: as `transfer
+          finetune` runs a Hugging Face folder, strategy full): LR schedule, strategy phase
           controller, NaN guard, loss accumulation, signal handling, progress, metrics log and
           checkpoint callbacks (evaluation is scheduled after the timed steps)
 
@@ -19,6 +20,7 @@ the resident set size over its level before training, sampled every millisecond)
     python scripts/bench.py --cases mlp --repeats 9 --steps 200
     python scripts/bench.py --device cuda --precision bf16
     python scripts/bench.py --trackers               # engine with TensorBoard and MLflow (sqlite) on
+    python scripts/bench.py --cases hf_vit,hf_gpt2   # a small ViT and GPT-2 through `hf_encoder` (needs [hf])
 
 With --trackers, the engine's runs also open the run's trackers as `transfer pretrain` does
 (TensorBoard and an MLflow sqlite store in the temporary folder: the import, the store's
@@ -48,6 +50,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from transfer_cli.config.resolve import load_experiment  # noqa: E402
 from transfer_cli.core.console import Console  # noqa: E402
@@ -65,6 +68,9 @@ class Case:
     name: str
     what: str
     config: dict
+    # the Hugging Face cases: writes the model folder (and text data) into the work dir, returns
+    # the config's data and model sections; such a case runs as `transfer finetune` would
+    prepare: Optional[Callable[[Path], dict]] = None
 
 
 CASES = {
@@ -78,7 +84,56 @@ CASES = {
                                                  "length": 32, "channels": 3}, "batch_size": 128},
         "model": {"name": "resnet", "params": {"widths": [32, 64, 128]}},
     }),
+    "hf_vit": Case("hf_vit", "Hugging Face ViT (4 layers, hidden 192, patch 4) on 3x32x32 images, batch 64", {},
+                   prepare=lambda workdir: hf_vit(workdir)),
+    "hf_gpt2": Case("hf_gpt2", "Hugging Face GPT-2 (4 layers, hidden 192) on 32-token texts, batch 64", {},
+                    prepare=lambda workdir: hf_gpt2(workdir)),
 }
+
+
+def save_hf_model(folder: Path, config) -> str:  # noqa: ANN001  a transformers config
+    """A randomly initialised (seeded) Hugging Face model written as save_pretrained does."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(config).save_pretrained(folder)
+    return str(folder)
+
+
+def hf_vit(workdir: Path) -> dict:
+    import transformers
+
+    folder = save_hf_model(workdir / "vit", transformers.ViTConfig(
+        image_size=32, patch_size=4, hidden_size=192, num_hidden_layers=4, num_attention_heads=3,
+        intermediate_size=768))
+    return {"data": {"name": "motifs2d", "params": {"task": "source", "n_train": 1024, "n_val": 64, "n_test": 64,
+                                                    "length": 32, "channels": 3}, "batch_size": 64},
+            "model": {"name": "hf_encoder", "params": {"path": folder}}}
+
+
+def hf_gpt2(workdir: Path) -> dict:
+    import transformers
+    from make_example_data import make_reviews, make_word_tokenizer
+
+    reviews = make_reviews(workdir / "reviews.csv", n=2048)
+    with open(reviews) as handle:
+        texts = [line.rsplit(",", 1)[0] for line in handle.read().splitlines()[1:]]
+    tokenizer = make_word_tokenizer(workdir / "tokenizer.json", texts)
+    import tokenizers
+
+    vocab = tokenizers.Tokenizer.from_file(str(tokenizer)).get_vocab_size()
+    folder = save_hf_model(workdir / "gpt2", transformers.GPT2Config(
+        n_embd=192, n_layer=4, n_head=3, vocab_size=vocab, n_positions=64,
+        # no dropout (ViT's default too): its random masks would differ between the loops, and the
+        # script checks that both end with the same weights
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    return {"data": {"name": "text_csv", "params": {"path": str(reviews), "text": "review", "label": "sentiment",
+                                                    "tokenizer": str(tokenizer), "max_length": 32,
+                                                    "val_fraction": 0.05, "test_fraction": 0.05},
+                     "batch_size": 64},
+            "model": {"name": "hf_encoder", "params": {"path": folder}}}
 
 
 def sync(device: torch.device) -> None:
@@ -101,7 +156,10 @@ class Setup:
     """The experiment, its parts (data, model, loss) and the model's initial weights."""
 
     def __init__(self, case: Case, args: argparse.Namespace, workdir: Path) -> None:
-        config = {"seed": 0, **case.config, "optim": {"name": "adamw", "lr": 1e-3},
+        if case.prepare:
+            (workdir / case.name).mkdir(exist_ok=True)
+        sections = case.prepare(workdir / case.name) if case.prepare else case.config
+        config = {"seed": 0, **sections, "optim": {"name": "adamw", "lr": 1e-3},
                   # precise BN off: the plain loop has no counterpart (its cost: scripts/bench_precise_bn.py)
                   "train": {"epochs": 1, "max_steps": args.steps, "eval_every_steps": 10**9, "precise_bn": 0,
                             "device": args.device, "precision": args.precision}}
@@ -110,12 +168,13 @@ class Setup:
                                                              "experiment": case.name}}
         path = workdir / f"{case.name}.yaml"
         path.write_text(yaml.safe_dump(config))
-        self.exp = load_experiment(path, "pretrain", [], registries())
+        self.stage = "finetune" if case.prepare else "pretrain"
+        self.exp = load_experiment(path, self.stage, [], registries())
         self.parts = build_parts(self.exp, RunOptions())
         self.device = self.parts.device
         self.initial = {k: v.clone() for k, v in self.parts.model.state_dict().items()}
         self.train = self.parts.data.split("train")
-        self.workdir, self.runs = workdir, 0
+        self.workdir, self.runs, self.name = workdir, 0, case.name
 
     def reset_model(self) -> torch.nn.Module:
         self.parts.model.load_state_dict(self.initial)
@@ -179,7 +238,7 @@ def run_engine(setup: Setup, steps: int) -> tuple[float, float]:
     setup.reset_model()
     setup.exp.train.max_steps = steps
     setup.runs += 1
-    run = RunDir(setup.workdir / f"run-{setup.exp.model.name}-{setup.runs}")
+    run = RunDir(setup.workdir / f"run-{setup.name}-{setup.runs}")
     run.create("new", {"config.yaml": "{}\n", "run.json": "{}\n"})
     trainer = Trainer(setup.exp, setup.parts, run, Console(quiet=True))
     clock = StepClock(setup.device)
@@ -304,7 +363,8 @@ def print_result(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", default="mlp,resnet", help="comma-separated: " + ", ".join(CASES))
+    parser.add_argument("--cases", default="mlp,resnet", help="comma-separated: " + ", ".join(CASES)
+                        + " (the hf_ cases need the [hf] extra)")
     parser.add_argument("--repeats", type=int, default=7, help="runs of each loop, alternated")
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps per run (default: mlp 150, resnet 15)")
     parser.add_argument("--device", default="cpu")
@@ -320,7 +380,7 @@ def main() -> None:
     if args.memory_child:
         peak_memory_child(*args.memory_child, args)
         return
-    default_steps = {"mlp": 150, "resnet": 15}
+    default_steps = {"mlp": 150, "resnet": 15, "hf_vit": 15, "hf_gpt2": 30}
     load = os.getloadavg()
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, {args.precision}; "
           f"{args.repeats} alternated runs per loop; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "

@@ -24,6 +24,13 @@ def test_bench_compares_engine_and_plain_loop_with_identical_weights() -> None:
     assert "same final weights: yes (bit for bit)" in out
 
 
+@pytest.mark.slow  # ~40 s: a ViT and a GPT-2 of 4 layers, hidden 192
+def test_bench_hugging_face_cases_end_with_the_same_weights() -> None:
+    pytest.importorskip("transformers")
+    out = _script("scripts/bench.py", "--cases", "hf_vit,hf_gpt2", "--repeats", "1", "--steps", "2", "--no-memory")
+    assert out.count("same final weights: yes (bit for bit)") == 2, out
+
+
 @pytest.mark.slow  # ~15 s: four engine builds on the quickstart data
 def test_bench_eval_tax_times_plain_and_engine_steps(tmp_path: Path) -> None:
     config = tmp_path / "small.yaml"

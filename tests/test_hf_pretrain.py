@@ -15,6 +15,7 @@ from conftest import read_json, run_cli, write_yaml
 from reliability_tools import assert_same_run, copy_run, rewind
 from safetensors.torch import load_file
 from test_data_tensors import _fails
+from test_hf_kinds import _texts
 
 transformers = pytest.importorskip("transformers", reason="hf_encoder needs the optional extra: pip install -e '.[hf]'")
 
@@ -24,7 +25,7 @@ SOURCE = {"name": "motifs2d", "params": {"task": "source", "n_train": 40, "n_val
           "batch_size": 10}
 TARGET = {"name": "motifs2d", "params": {"task": "target", "n_train": 30, "n_val": 15, "n_test": 15},
           "batch_size": 10}
-TRAIN = {"max_steps": 2, "device": "cpu"}
+TRAIN = {"max_steps": 2, "device": "cpu", "eval_every_steps": 1, "keep_last": 5}
 
 
 def _pretrain_config(path: Path, model_params: dict, seed: int = 0) -> Path:
@@ -126,6 +127,35 @@ def test_full_finetune_of_the_run_evaluates_and_resumes_bit_exact(pretrained, mo
     done = run_cli("finetune", cfg, "--run-dir", "runs/resumed", "--resume")
     assert done.exit_code == 0, done.output
     assert_same_run(run, resumed)
+
+
+def test_a_pretrain_from_an_inline_config_resumes_bit_exact(pretrained) -> None:
+    tmp = pretrained["tmp"]
+    resumed = copy_run(pretrained["inline"], tmp / "runs" / "inline-resumed")
+    rewind(resumed, 1)
+    done = run_cli("pretrain", tmp / "inline.yaml", "--run-dir", resumed, "--resume")
+    assert done.exit_code == 0, done.output
+    assert_same_run(pretrained["inline"], resumed)
+
+
+def test_a_decoder_pretrained_from_an_inline_config_then_finetuned_from_the_run(tmp_path: Path, monkeypatch) -> None:
+    import tokenizers
+
+    monkeypatch.chdir(tmp_path)
+    vocab = tokenizers.Tokenizer.from_file(str(_texts(tmp_path, ["</s>"]))).get_vocab_size()
+    gpt2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "vocab_size": vocab, "n_positions": 32}
+    data = {"name": "text_csv", "params": {"path": "reviews.csv", "text": "review", "label": "sentiment",
+                                           "tokenizer": "tokenizer.json", "max_length": 12}, "batch_size": 8}
+    write_yaml(tmp_path / "pre.yaml", {"seed": 0, "data": data, "train": TRAIN,
+                                       "model": {"name": "hf_encoder", "params": {"config": gpt2}}})
+    assert run_cli("pretrain", "pre.yaml", "--run-dir", "runs/pre").exit_code == 0
+    assert read_json(tmp_path / "runs" / "pre" / "run.json")["model"]["name"] == "hf_encoder"
+    write_yaml(tmp_path / "ft.yaml", {"seed": 0, "data": data, "train": TRAIN})
+    result = run_cli("finetune", "ft.yaml", "--init-from", "runs/pre@last", "--run-dir", "runs/ft")
+    assert result.exit_code == 0, result.output
+    report = read_json(tmp_path / "runs" / "ft" / "run.json")["lineage"]["load_report"]
+    assert not report["head_replaced"] and not report["missing"] and not report["unexpected"]
+    assert sorted(report["loaded"]) == sorted(_weights(tmp_path / "runs" / "pre"))  # the head too: same task
 
 
 def test_export_hf_of_the_pretrain_run_loads_with_automodel(pretrained) -> None:

@@ -8,6 +8,8 @@ kinds `hf_kinds` reads from its config.json, pooled into features for the linear
     decoder   (2, L) ids + mask (text_csv)   pooled: the last non-padding token (the only one that has
                                              seen the whole text in a causal model)
 
+Without weights (a folder with config.json only, or `params.config` inline: see hf_arch) the
+architecture is randomly initialised, for `transfer pretrain`; a pretrain run records it inline.
 Its layer groups (`hf_groups`) cover every parameter, so freezing, layer-wise learning rates and
 gradual unfreezing act on it as on any model. Needs the optional extra: pip install -e ".[hf]".
 """

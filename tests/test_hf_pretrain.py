@@ -174,10 +174,15 @@ def test_continued_pretraining_from_a_folder_with_weights_records_them(tmp_path:
     folder = tmp_path / "vit"
     transformers.AutoModel.from_config(transformers.ViTConfig(**{k: v for k, v in VIT.items() if k != "model_type"})
                                        ).save_pretrained(folder)
-    run = _pretrain(tmp_path, "continued", {"path": str(folder)})
+    run = _pretrain(tmp_path, "continued", {"path": str(folder), "config": {"hidden_dropout_prob": 0.25}})
     lineage = read_json(run / "run.json")["lineage"]
     assert lineage["init"] == "pretrained" and lineage["pretrained"] == str(folder)
     assert lineage["weights"].endswith("model.safetensors") and len(lineage["sha256"]) == 64
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["model"]["params"]["config"]
+    assert recorded["hidden_dropout_prob"] == 0.25 and recorded["hidden_size"] == 32  # the inline key over the folder's
+    err = _pretrain_fails(tmp_path, {"path": str(folder), "config": {"hidden_size": 16, "intermediate_size": 32}})
+    assert f"cannot load {folder}: its weights have other shapes than the architecture" in err
+    assert "drop the keys that change them, or pretrain from random initialisation" in err
 
 
 # ---- bad input: one line, exit 2 -----------------------------------------------------------------------

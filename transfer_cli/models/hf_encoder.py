@@ -260,7 +260,13 @@ def load_encoder(directory: Path, overrides: Optional[dict] = None) -> nn.Module
         encoder, info = transformers.AutoModel.from_pretrained(
             str(directory), local_files_only=True, output_loading_info=True, **{dtype_key: torch.float32}, **extra)
     except Exception as exc:  # noqa: BLE001  transformers raises many kinds for a bad directory
-        raise CheckpointError(f"model.params.path: cannot load {directory}: {first_line(exc)}") from None
+        reason = first_line(exc)
+        if "ignore_mismatched_sizes" in reason:  # transformers' line points at a report we keep quiet
+            reason = "its weights have other shapes than the architecture"
+        hint = ("; model.params.config may change only what keeps the weights' shapes (e.g. dropout) when the "
+                "folder has weights: drop the keys that change them, or pretrain from random initialisation "
+                "(config alone, without path)") if overrides else ""
+        raise CheckpointError(f"model.params.path: cannot load {directory}: {reason}{hint}") from None
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
     if missing:
         shown = ", ".join(missing[:4]) + (f", ... ({len(missing) - 4} more)" if len(missing) > 4 else "")

@@ -36,9 +36,18 @@ def check_keys(inline: dict[str, Any], model_type: str) -> None:
     known = known_keys(model_type)
     for key in inline:
         if key not in known:
+            own = [k for k in own_keys(model_type) if k != "model_type"]
+            shown = ", ".join(own[:8]) + (", ..." if len(own) > 8 else "")
             raise CheckpointError(f"model.params.config.{key}: not a key of a {model_type} config"
-                                  f"{did_you_mean(key, sorted(known))}; expected keys of its config.json, e.g. "
-                                  f"{', '.join(k for k in sorted(known) if not k.startswith('_'))[:160]}")
+                                  f"{did_you_mean(key, sorted(known))}; its keys are those of its config.json "
+                                  f"({shown})")
+
+
+def own_keys(model_type: str) -> list[str]:
+    """The keys of the model type's config, in its order, without those every config has."""
+    transformers = transformers_module()
+    generic = set(transformers.PretrainedConfig().to_dict())
+    return [k for k in transformers.AutoConfig.for_model(model_type).to_dict() if k not in generic]
 
 
 def known_keys(model_type: str) -> set[str]:

@@ -29,7 +29,8 @@ from transfer_cli.core.errors import CheckpointError, DataError
 from transfer_cli.core.registry import Params
 from transfer_cli.data.splitting import DataPath
 from transfer_cli.models.base import TransferModel
-from transfer_cli.models.hf_arch import architecture, check_keys, config_object, first_line, fresh_encoder, recorded_architecture
+from transfer_cli.models.hf_arch import (architecture, check_keys, config_object, first_line, fresh_encoder,
+                                         recorded_architecture)
 from transfer_cli.models.hf_groups import layer_groups
 from transfer_cli.models.hf_preprocess import image_preprocessing
 from transfer_cli.models.hf_kinds import HFKind, config_kind, transformers_module

@@ -232,7 +232,7 @@ def feature_dim(backbone: HFBackbone, input_shape: tuple[int, ...], directory: P
     except Exception as exc:  # noqa: BLE001  the model's own complaint (e.g. an image size it cannot take)
         first = str(exc).strip().splitlines()
         size = getattr(backbone.encoder.config, "image_size", None)
-        hint = f"; it was trained on {size}x{size} images: set data.params.size: {size}" if isinstance(size, int) else ""
+        hint = f"; its config says image_size {size}: set data.params.size: {size}" if isinstance(size, int) else ""
         raise DataError(f"the model in {directory} cannot take images of shape {tuple(input_shape)} "
                         f"({first[0] if first else type(exc).__name__}){hint}") from None
     finally:

@@ -39,3 +39,11 @@ def test_bench_eval_tax_times_plain_and_engine_steps(tmp_path: Path) -> None:
     out = _script("scripts/bench_eval_tax.py", "--device", "cpu", "--steps", "4", "--eval-every", "2",
                   "--repeats", "1", "--config", str(config))
     assert "step  plain PyTorch loop" in out and "full/plain" in out
+
+
+def test_check_hf_scratch_trains_the_shipped_hf_architectures_in_a_plain_loop() -> None:
+    pytest.importorskip("transformers", reason="needs the optional extra: pip install -e '.[hf]'")
+    out = _script("scripts/check_hf_scratch.py", "--n-train", "64", "--epochs", "1")
+    lines = [line for line in out.splitlines() if "val/accuracy" in line]
+    assert [line.split()[0] for line in lines] == ["hf_resnet", "hf_vit"]
+    assert all(0 <= float(line.split("val/accuracy ")[1].split()[0]) <= 1 for line in lines)

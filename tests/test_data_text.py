@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import read_json, run_cli, write_yaml
 from test_data_tensors import _fails
 
@@ -99,10 +100,21 @@ def test_layer_groups_are_embeddings_then_layers_and_pooling_differs(tiny_bert: 
     assert torch.allclose(mean.features(x), mean.features(padded), atol=1e-5)
 
 
-def test_pretrain_on_a_pretrained_encoder_is_refused(tiny_bert: Path) -> None:
-    _config(tiny_bert.parent)
-    err = _fails("pretrain", "cfg.yaml")
-    assert "model.name: 'hf_encoder' loads pretrained weights" in err and "use `transfer finetune`" in err
+def test_continued_pretraining_of_an_encoder_then_finetune_init_from_it(tiny_bert: Path) -> None:
+    _config(tiny_bert.parent, train={"max_steps": 2, "device": "cpu"})
+    result = run_cli("pretrain", "cfg.yaml")
+    assert result.exit_code == 0, result.output
+    run = tiny_bert.parent / "runs" / "t"
+    lineage = read_json(run / "run.json")["lineage"]
+    assert lineage["init"] == "pretrained" and lineage["model_type"] == "bert"
+    assert lineage["sha256"] == hashlib.sha256((tiny_bert / "model.safetensors").read_bytes()).hexdigest()
+    (tiny_bert / "model.safetensors").unlink()  # the run records the architecture: the folder is not needed
+    cfg = _config(tiny_bert.parent, run_dir="runs/ft", train={"max_steps": 1, "device": "cpu"})
+    write_yaml(cfg, {**yaml.safe_load(cfg.read_text()), "model": None})  # the run's architecture
+    result = run_cli("finetune", "cfg.yaml", "--init-from", "runs/t")
+    assert result.exit_code == 0, result.output
+    report = read_json(tiny_bert.parent / "runs" / "ft" / "run.json")["lineage"]["load_report"]
+    assert not report["missing"] and not report["unexpected"] and len(report["loaded"]) > 20
 
 
 @pytest.mark.parametrize("params, model, expected", [

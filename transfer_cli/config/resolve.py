@@ -89,15 +89,17 @@ def stage_problems(exp: Experiment, stage: Stage, raw: RawConfig, registries: Op
     if exp.model is None:
         problems.append(f"{where(('model',))}: model: required (a finetune/evaluate from a run directory takes "
                         f"it from that run's config; from a weights file it must be given)")
-    pretrained = exp.model is not None and loads_pretrained(exp.model.name, registries)
+    pretrained = exp.model is not None and loads_pretrained(exp.model.name, exp.model.params, registries)
     if stage == "pretrain" and exp.transfer.init_from:
         problems.append(f"{where(('transfer', 'init_from'))}: transfer.init_from: pretrain trains from random "
                         f"initialisation; use `transfer finetune` to start from weights")
-    if stage == "pretrain" and pretrained:
-        problems.append(f"{where(('model', 'name'))}: model.name: '{exp.model.name}' loads pretrained weights, so "
-                        f"pretraining from random initialisation does not apply; use `transfer finetune` "
-                        f"(it needs no init_from for this model)")
-    if stage == "finetune" and (exp.transfer.init_from or not pretrained):
+    if stage == "finetune" and not exp.transfer.init_from and not pretrained and exp.model is not None \
+            and has_own_weights_hook(exp.model.name, registries):
+        problems.append(f"{where(('transfer', 'init_from'))}: transfer.init_from: required: model '{exp.model.name}' "
+                        f"as configured brings no weights of its own (a folder with config.json only, or the "
+                        f"architecture inline, is for `transfer pretrain`); give a run pretrained from it "
+                        f"(--init-from RUN) or a model folder with weights")
+    elif stage == "finetune" and (exp.transfer.init_from or not pretrained):
         problems += _ref_problems(exp.transfer.init_from, "transfer.init_from", "--init-from",
                                   where(("transfer", "init_from")))
     if stage == "evaluate":
@@ -106,11 +108,20 @@ def stage_problems(exp: Experiment, stage: Stage, raw: RawConfig, registries: Op
     return problems
 
 
-def loads_pretrained(model_name: str, registries: Optional[dict]) -> bool:
-    """Whether the model loads pretrained weights by itself (its params say so, e.g. hf_encoder)."""
+def loads_pretrained(model_name: str, params: object, registries: Optional[dict]) -> bool:
+    """Whether the model, with these params, loads pretrained weights by itself (its params class
+    says so: e.g. hf_encoder, from a folder with weights)."""
+    if not has_own_weights_hook(model_name, registries):
+        return False
+    hook = registries["model"].get(model_name).params.loads_pretrained  # type: ignore[index]
+    return bool(hook(params if isinstance(params, dict) else {}))
+
+
+def has_own_weights_hook(model_name: str, registries: Optional[dict]) -> bool:
+    """Whether the model can load weights of its own (its params class has `loads_pretrained`)."""
     if not registries or model_name not in registries["model"]:
         return False
-    return bool(getattr(registries["model"].get(model_name).params, "loads_pretrained", False))
+    return callable(getattr(registries["model"].get(model_name).params, "loads_pretrained", None))
 
 
 def inherit_fitted_data(raw: RawConfig, ref: Optional[str], registries: dict) -> RawConfig:
@@ -184,7 +195,8 @@ def guess_stage(raw: RawConfig, registries: dict) -> Stage:
     weights by itself), evaluate if it names a checkpoint, else pretrain."""
     model = raw.data.get("model")
     name = model.get("name") if isinstance(model, dict) else None
-    if starting_ref(raw, "finetune") or (isinstance(name, str) and loads_pretrained(name, registries)):
+    params = model.get("params") if isinstance(model, dict) else None
+    if starting_ref(raw, "finetune") or (isinstance(name, str) and loads_pretrained(name, params, registries)):
         return "finetune"
     if starting_ref(raw, "evaluate"):
         return "evaluate"

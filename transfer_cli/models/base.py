@@ -46,6 +46,11 @@ class TransferModel(nn.Module):
         """Replace weights the architecture loaded by itself with a random initialisation (for
         the scratch baseline). Our own architectures start random: nothing to do."""
 
+    def recorded_params(self, params: dict) -> dict:
+        """The params a pretrain run records in its config.yaml, from which a later stage rebuilds
+        this architecture from the run alone. Ours are self-contained already."""
+        return params
+
     def pretrained_lineage(self) -> dict | None:
         """Where the weights come from when the architecture loads pretrained weights by itself
         (e.g. `hf_encoder`): path, weights file and sha256. None: randomly initialised."""

@@ -8,6 +8,8 @@ kinds `hf_kinds` reads from its config.json, pooled into features for the linear
     decoder   (2, L) ids + mask (text_csv)   pooled: the last non-padding token (the only one that has
                                              seen the whole text in a causal model)
 
+Without weights (a folder with config.json only, or `params.config` inline: see hf_arch) the
+architecture is randomly initialised, for `transfer pretrain`; a pretrain run records it inline.
 Its layer groups (`hf_groups`) cover every parameter, so freezing, layer-wise learning rates and
 gradual unfreezing act on it as on any model. Needs the optional extra: pip install -e ".[hf]".
 """
@@ -17,19 +19,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, Literal, Optional
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from transfer_cli.core.errors import CheckpointError, DataError
 from transfer_cli.core.registry import Params
 from transfer_cli.data.splitting import DataPath
 from transfer_cli.models.base import TransferModel
+from transfer_cli.models.hf_arch import (architecture, check_keys, config_object, first_line, fresh_encoder,
+                                         recorded_architecture)
 from transfer_cli.models.hf_groups import layer_groups
 from transfer_cli.models.hf_preprocess import image_preprocessing
-from transfer_cli.models.hf_kinds import HFKind, model_kind, transformers_module
+from transfer_cli.models.hf_kinds import HFKind, config_kind, transformers_module
 from transfer_cli.models.registry import MODELS
 from transfer_cli.runs.provenance import sha256_of
 
@@ -39,19 +43,38 @@ POOLING = {"text": ("mean", "cls"), "vision": ("model", "cls", "mean"), "decoder
 
 
 class HFEncoderParams(Params):
-    loads_pretrained: ClassVar[bool] = True  # finetune needs no init_from; pretrain does not apply
-
-    path: DataPath = Field(..., description="local directory with config.json and the weights (offline)")
+    path: Optional[DataPath] = Field(None, description="local directory with config.json and, unless it is to be "
+                                                       "pretrained from random initialisation, the weights (offline)")
+    config: Optional[dict[str, Any]] = Field(
+        None, description="the architecture inline (config.json's keys, with model_type), randomly initialised; with "
+                          "path: these keys override the folder's config.json")
     pooling: Literal["auto", "cls", "mean", "last", "model"] = Field(
         "auto", description="auto: mean (text encoders), model (vision: the model's own pooling), last (decoders); "
                             "cls: first token; mean: over non-padding tokens (or positions); last: last non-padding "
                             "token")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the pooled features")
 
+    @model_validator(mode="after")
+    def _architecture_given(self) -> "HFEncoderParams":
+        if self.path is None and self.config is None:
+            raise ValueError("give path (a model folder with config.json) or config (the architecture inline, "
+                             "e.g. {model_type: vit, hidden_size: 32, ...})")
+        if self.path is None and not isinstance((self.config or {}).get("model_type"), str):
+            raise ValueError("config: model_type is required (e.g. vit, bert, gpt2) when no path is given")
+        return self
+
+    @staticmethod
+    def loads_pretrained(params: dict) -> bool:
+        """Whether the model brings its own weights (finetune then needs no init_from): a folder, unless it
+        holds a config.json and no weights (a folder that is not a model one is the builder's to explain)."""
+        folder = Path(params["path"]) if params.get("path") else None
+        return folder is not None and not ((folder / "config.json").is_file() and not has_weights(folder))
+
     @staticmethod
     def data_defaults(params: dict, data_name: str) -> dict:
         """A vision model's own preprocessing as image_folder params (see hf_preprocess)."""
-        return image_preprocessing(Path(params["path"])) if data_name == "image_folder" else {}
+        path = params.get("path")
+        return image_preprocessing(Path(path)) if path and data_name == "image_folder" else {}
 
 
 class HFBackbone(nn.Module):
@@ -99,10 +122,10 @@ class HFBackbone(nn.Module):
 
 
 class HFEncoderModel(TransferModel):
-    def __init__(self, backbone: HFBackbone, directory: Path, groups: list[str], feature_dim: int,
+    def __init__(self, backbone: HFBackbone, directory: Optional[Path], groups: list[str], feature_dim: int,
                  num_outputs: int) -> None:
         super().__init__(backbone, feature_dim, num_outputs, groups)
-        self.directory = directory
+        self.directory = directory  # where the weights came from; None: randomly initialised
 
     def reinitialize_pretrained(self) -> None:
         """The same architecture, randomly initialised (seeded by the global torch seed)."""
@@ -113,7 +136,13 @@ class HFEncoderModel(TransferModel):
         self.backbone.encoder = drop_unused_pooler(fresh, self.backbone.pooling)
         self.directory = None
 
-    def pretrained_lineage(self) -> dict:
+    def recorded_params(self, params: dict) -> dict:
+        """The architecture inline instead of the folder: a later stage needs the run alone."""
+        return {**params, "path": None, "config": recorded_architecture(self.backbone.encoder)}
+
+    def pretrained_lineage(self) -> dict | None:
+        if self.directory is None:
+            return None
         files = [self.directory / name for name in WEIGHT_FILES if (self.directory / name).is_file()]
         weights = files[0]
         lineage = {"pretrained": str(self.directory), "weights": str(weights), "sha256": sha256_of(weights),
@@ -126,20 +155,33 @@ class HFEncoderModel(TransferModel):
 
 @MODELS.register("hf_encoder", params=HFEncoderParams)
 def build_hf_encoder(params: HFEncoderParams, *, input_shape: tuple[int, ...], num_outputs: int) -> TransferModel:
-    """A local Hugging Face model (pretrained weights) of any supported kind, pooled, with a linear head."""
-    directory = Path(params.path)
+    """A local Hugging Face model of any supported kind, pooled, with a linear head: its pretrained
+    weights when the folder has them, else randomly initialised from its config (and `params.config`)."""
+    directory = Path(params.path) if params.path else None
+    where = f"model.params.path: {directory}" if directory else "model.params.config"
     if len(input_shape) not in (2, 3):  # neither kind: say so before looking at the folder
         raise DataError(f"model 'hf_encoder' expects tokenized text, (2, max_length) per sample (ids and mask, as "
                         f"data text_csv makes), or images, (C, H, W) per sample (as data image_folder makes), but "
                         f"the data has samples of shape {tuple(input_shape)}")
-    kind = model_kind(directory)
+    config = architecture(directory, params.config)
+    kind = config_kind(config, f"{where} holds" if directory else f"{where} describes")
+    if params.config:
+        check_keys(params.config, kind.model_type)
     pooling = resolve_pooling(kind, params.pooling)
-    check_input(kind, input_shape, directory)
-    encoder = drop_unused_pooler(load_encoder(directory), pooling)
-    check_fits(encoder, kind, input_shape, directory)
+    source = directory or "model.params.config"
+    check_input(kind, input_shape, source)
+    weighted = directory is not None and has_weights(directory)
+    encoder = load_encoder(directory, config if params.config else None) if weighted else fresh_encoder(config, where)
+    encoder = drop_unused_pooler(encoder, pooling)
+    check_fits(encoder, kind, input_shape, source)
     backbone = HFBackbone(encoder, kind.kind, pooling, params.dropout)
-    groups = [f"encoder.{name}" for name in layer_groups(encoder, directory)]
-    return HFEncoderModel(backbone, directory, groups, feature_dim(backbone, input_shape, directory), num_outputs)
+    groups = [f"encoder.{name}" for name in layer_groups(encoder, source)]
+    return HFEncoderModel(backbone, directory if weighted else None, groups,
+                          feature_dim(backbone, input_shape, source), num_outputs)
+
+
+def has_weights(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in WEIGHT_FILES)
 
 
 def resolve_pooling(kind: HFKind, pooling: str) -> str:
@@ -152,7 +194,7 @@ def resolve_pooling(kind: HFKind, pooling: str) -> str:
     return pooling
 
 
-def check_input(kind: HFKind, input_shape: tuple[int, ...], directory: Path) -> None:
+def check_input(kind: HFKind, input_shape: tuple[int, ...], directory: Path | str) -> None:
     if kind.kind == "vision":
         if len(input_shape) != 3:
             raise DataError(f"model 'hf_encoder' ({kind.model_type} in {directory}) expects images, (C, H, W) per "
@@ -162,7 +204,7 @@ def check_input(kind: HFKind, input_shape: tuple[int, ...], directory: Path) -> 
                         f"data text_csv makes), but the data has samples of shape {tuple(input_shape)}")
 
 
-def check_fits(encoder: nn.Module, kind: HFKind, input_shape: tuple[int, ...], directory: Path) -> None:
+def check_fits(encoder: nn.Module, kind: HFKind, input_shape: tuple[int, ...], directory: Path | str) -> None:
     config = encoder.config
     if kind.kind == "vision":
         channels = getattr(config, "num_channels", None)
@@ -177,7 +219,7 @@ def check_fits(encoder: nn.Module, kind: HFKind, input_shape: tuple[int, ...], d
                         f"({directory}); set data.params.max_length <= {positions}")
 
 
-def feature_dim(backbone: HFBackbone, input_shape: tuple[int, ...], directory: Path) -> int:
+def feature_dim(backbone: HFBackbone, input_shape: tuple[int, ...], directory: Path | str) -> int:
     """Text kinds: the hidden size. Vision: measured on one blank image, which also proves now,
     before any training, that the model takes images of this size."""
     if backbone.kind != "vision":
@@ -190,7 +232,7 @@ def feature_dim(backbone: HFBackbone, input_shape: tuple[int, ...], directory: P
     except Exception as exc:  # noqa: BLE001  the model's own complaint (e.g. an image size it cannot take)
         first = str(exc).strip().splitlines()
         size = getattr(backbone.encoder.config, "image_size", None)
-        hint = f"; it was trained on {size}x{size} images: set data.params.size: {size}" if isinstance(size, int) else ""
+        hint = f"; its config says image_size {size}: set data.params.size: {size}" if isinstance(size, int) else ""
         raise DataError(f"the model in {directory} cannot take images of shape {tuple(input_shape)} "
                         f"({first[0] if first else type(exc).__name__}){hint}") from None
     finally:
@@ -206,23 +248,26 @@ def drop_unused_pooler(encoder: nn.Module, pooling: str) -> nn.Module:
     return encoder
 
 
-def load_encoder(directory: Path) -> nn.Module:
-    """AutoModel from local files only, in float32; every weight must come from the directory."""
+def load_encoder(directory: Path, overrides: Optional[dict] = None) -> nn.Module:
+    """AutoModel from local files only, in float32; every weight must come from the directory.
+    `overrides`: the whole architecture when model.params.config changes the folder's."""
     os.environ["HF_HUB_OFFLINE"] = "1"  # a local directory only: never reach for the network
     transformers = transformers_module()
-    if not any((directory / name).is_file() for name in WEIGHT_FILES):
-        raise CheckpointError(f"model.params.path: no weights in {directory} (expected one of "
-                              f"{', '.join(WEIGHT_FILES)})")
     transformers.logging.set_verbosity_error()
+    extra = {"config": config_object(overrides, "model.params.config")} if overrides else {}
     transformers.utils.logging.disable_progress_bar()
     dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
         encoder, info = transformers.AutoModel.from_pretrained(
-            str(directory), local_files_only=True, output_loading_info=True, **{dtype_key: torch.float32})
+            str(directory), local_files_only=True, output_loading_info=True, **{dtype_key: torch.float32}, **extra)
     except Exception as exc:  # noqa: BLE001  transformers raises many kinds for a bad directory
-        first = str(exc).strip().splitlines()
-        reason = first[0] if first else type(exc).__name__
-        raise CheckpointError(f"model.params.path: cannot load {directory}: {reason}") from None
+        reason = first_line(exc)
+        if "ignore_mismatched_sizes" in reason:  # transformers' line points at a report we keep quiet
+            reason = "its weights have other shapes than the architecture"
+        hint = ("; model.params.config may change only what keeps the weights' shapes (e.g. dropout) when the "
+                "folder has weights: drop the keys that change them, or pretrain from random initialisation "
+                "(config alone, without path)") if overrides else ""
+        raise CheckpointError(f"model.params.path: cannot load {directory}: {reason}{hint}") from None
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
     if missing:
         shown = ", ".join(missing[:4]) + (f", ... ({len(missing) - 4} more)" if len(missing) > 4 else "")

@@ -20,7 +20,7 @@ from transfer_cli.core.errors import CheckpointError
 LISTS = (nn.ModuleList, nn.Sequential)
 
 
-def layer_groups(model: nn.Module, directory: Path) -> list[str]:
+def layer_groups(model: nn.Module, directory: Path | str) -> list[str]:
     """Qualified module names (relative to `model`) of its layer groups, input to output."""
     lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     if not lists:
@@ -32,7 +32,7 @@ def layer_groups(model: nn.Module, directory: Path) -> list[str]:
     return groups
 
 
-def check_coverage(model: nn.Module, groups: list[str], directory: Path) -> None:
+def check_coverage(model: nn.Module, groups: list[str], directory: Path | str) -> None:
     """Every parameter in exactly one group."""
     for name, _ in model.named_parameters():
         owners = [g for g in groups if name.startswith(g + ".")]

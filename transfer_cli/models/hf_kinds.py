@@ -58,18 +58,23 @@ def read_config(directory: Path) -> dict:
 
 def model_kind(directory: Path) -> HFKind:
     """The kind of the model in `directory`; a CheckpointError naming model_type when unsupported."""
-    config = read_config(directory)
+    return config_kind(read_config(directory), f"model.params.path: {directory} holds")
+
+
+def config_kind(config: dict, where: str) -> HFKind:
+    """The kind of the model that `config` (config.json's keys) describes; `where` starts the
+    error line (e.g. "model.params.path: DIR holds")."""
     model_type = config["model_type"]
     transformers = transformers_module()
     from transformers.models.auto import modeling_auto as auto
 
     class_name = auto.MODEL_MAPPING_NAMES.get(model_type)
     if class_name is None:
-        return _unsupported(directory, model_type, "transformers has no AutoModel class for it")
+        return _unsupported(where, model_type, "transformers has no AutoModel class for it")
     if config.get("is_encoder_decoder"):
-        return _unsupported(directory, model_type, "it is an encoder-decoder model")
+        return _unsupported(where, model_type, "it is an encoder-decoder model")
     if "text_config" in config and "vision_config" in config:
-        return _unsupported(directory, model_type, "it is a multimodal (text and vision) model")
+        return _unsupported(where, model_type, "it is a multimodal (text and vision) model")
     main_input = getattr(getattr(transformers, class_name, None), "main_input_name", None)
     if main_input == "pixel_values":
         return HFKind(model_type, "vision")
@@ -77,9 +82,9 @@ def model_kind(directory: Path) -> HFKind:
         causal = model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
         masked = model_type in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
         return HFKind(model_type, "decoder" if causal and not masked else "text")
-    return _unsupported(directory, model_type, f"it takes {main_input or 'an unknown input'}")
+    return _unsupported(where, model_type, f"it takes {main_input or 'an unknown input'}")
 
 
-def _unsupported(directory: Path, model_type: str, why: str) -> HFKind:
-    raise CheckpointError(f"model.params.path: {directory} holds a model of model_type '{model_type}', which "
-                          f"hf_encoder cannot use ({why}); supported: {SUPPORTED}")
+def _unsupported(where: str, model_type: str, why: str) -> HFKind:
+    raise CheckpointError(f"{where} a model of model_type '{model_type}', which hf_encoder cannot use ({why}); "
+                          f"supported: {SUPPORTED}")

@@ -113,6 +113,18 @@ class HFEncoderModel(TransferModel):
         self.backbone.encoder = drop_unused_pooler(fresh, self.backbone.pooling)
         self.directory = None
 
+    def enable_activation_checkpointing(self) -> str:
+        """The model's own switch where it has one (its blocks), else per layer group."""
+        encoder = self.backbone.encoder
+        if not getattr(encoder, "supports_gradient_checkpointing", False):
+            return super().enable_activation_checkpointing()
+        kwargs = {"use_reentrant": False}  # a frozen prefix: inputs that do not require grad
+        if hasattr(encoder, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name is deprecated
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        return f"the model's own gradient checkpointing ({encoder.config.model_type})"
+
     def pretrained_lineage(self) -> dict:
         files = [self.directory / name for name in WEIGHT_FILES if (self.directory / name).is_file()]
         weights = files[0]

@@ -65,6 +65,9 @@ class Trainer:
                                compress=smoke)
         self.cached = self._cache_decision(train)
         self.cache_seconds = 0.0
+        if exp.train.activation_checkpointing:
+            how = self.model.enable_activation_checkpointing()
+            console.info(f"activation checkpointing: {how}")
         check_channels_last(exp.train.channels_last, parts.data.input_shape)
         if exp.train.channels_last:
             to_channels_last(self.model)

@@ -1,0 +1,136 @@
+"""The memory switches, through the CLI on tiny models: activation checkpointing (same losses as
+without it, with freeze / LoRA / linear probe, resumable with the switch flipped), the memory
+estimate (printed by validate, recorded in the run), and frozen parameters kept in bf16."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import read_json, read_jsonl, run_cli, write_yaml
+from hf_tiny import IMAGE, config
+from reliability_tools import assert_same_run, copy_run, rewind
+
+from scripts.make_example_data import make_shapes
+
+from transfer_cli.models import MODELS
+from transfer_cli.models.checkpointing import checkpoint_modules
+
+FINETUNE = "configs/tiny/finetune.yaml"
+# precise BN off: the val losses then also check BatchNorm's running statistics
+SHORT = ("--set", "train.max_steps=6", "--set", "train.eval_every_steps=2", "--set", "train.precise_bn=0")
+CHECKPOINTING = ("--set", "train.activation_checkpointing=true")
+
+
+def _losses(run: Path, key: str = "train/loss") -> list[float]:
+    """The logged losses of each evaluation (train: the running loss since the previous one)."""
+    return [r[key] for r in read_jsonl(run / "metrics.jsonl") if r.get("event") == "eval"]
+
+
+def _pretrain(tiny: Path) -> None:
+    result = run_cli("pretrain", "configs/tiny/pretrain.yaml", "--set", "train.max_steps=4")
+    assert result.exit_code == 0, result.output
+
+
+def _finetune(name: str, *sets: str) -> tuple[Path, str]:
+    result = run_cli("finetune", FINETUNE, *SHORT, *sets, "--run-dir", f"runs/{name}")
+    assert result.exit_code == 0, result.output
+    return Path("runs") / name, result.output
+
+
+@pytest.mark.parametrize("strategy", ["full", "freeze", "linear_probe", "lora"])
+def test_activation_checkpointing_gives_the_same_losses(tiny: Path, strategy: str) -> None:
+    _pretrain(tiny)
+    sets = {"full": (), "freeze": ("--set", "transfer.freeze=['backbone.block0.*']"),
+            # cached features would skip the backbone: run it, checkpointed, every step
+            "linear_probe": ("--set", "transfer.strategy=linear_probe", "--set", "transfer.cache_features=false"),
+            "lora": ("--set", "transfer.strategy=lora", "--set", "transfer.lora.rank=2")}[strategy]
+    # dropout on: the recomputation must replay the forward's masks
+    sets += ("--set", "model={name: cnn1d, params: {channels: [8, 8], kernel_size: 5, dropout: 0.3}}")
+    plain, plain_output = _finetune("plain", *sets)
+    checkpointed, output = _finetune("checkpointed", *sets, *CHECKPOINTING)
+    assert "activation checkpointing: per layer group (2 groups)" in output
+    assert "activation checkpointing" not in plain_output
+    losses = _losses(plain)
+    assert len(losses) == 3 and len(set(losses)) == 3
+    assert _losses(checkpointed) == pytest.approx(losses, abs=1e-6)
+    # BatchNorm's running statistics were not updated twice: the evaluations agree too
+    assert _losses(checkpointed, "val/loss") == pytest.approx(_losses(plain, "val/loss"), abs=1e-6)
+    final = read_json(checkpointed / "report.json")["metrics"]["test"]["loss"]
+    assert final == pytest.approx(read_json(plain / "report.json")["metrics"]["test"]["loss"], abs=1e-6)
+
+
+def test_checkpointed_groups_recompute_and_keep_their_gradients() -> None:
+    """The wrapper really checkpoints (fewer tensors saved for backward), gradients are equal, and
+    a frozen first group (input and parameters not requiring grad) does not break the backward."""
+    torch.manual_seed(0)
+    model = MODELS.build("mlp", {"hidden": [64, 64, 64], "norm": "batch", "dropout": 0.2}, input_shape=(32,),
+                         num_outputs=3)
+    x, y = torch.randn(16, 32), torch.randint(0, 3, (16,))
+
+    def step() -> tuple[dict[str, torch.Tensor], int]:
+        saved = []
+        model.zero_grad()
+        torch.manual_seed(1)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, sum(saved)
+
+    for p in model.backbone.block0.parameters():
+        p.requires_grad_(False)
+    plain_grads, plain_saved = step()
+    stats = model.backbone.block1[1].running_mean.clone()
+    assert checkpoint_modules(model.layer_groups()[:-1]) == 3
+    grads, saved = step()
+    assert saved < plain_saved / 2
+    assert set(grads) == set(plain_grads) and "backbone.block0.0.weight" not in grads
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=0, atol=1e-6)
+    # one update of the running statistics per forward, as without checkpointing (momentum 0.1)
+    assert not torch.equal(model.backbone.block1[1].running_mean, stats)
+    assert int(model.backbone.block1[1].num_batches_tracked) == 2
+
+
+def test_a_run_resumes_with_activation_checkpointing_switched_on(tiny: Path) -> None:
+    """It changes the memory of a step, not its numbers: resuming with it flipped is the same run."""
+    _pretrain(tiny)
+    run, _ = _finetune("plain")
+    resumed = copy_run(run, tiny / "runs" / "resumed")
+    rewind(resumed, 1)
+    done = run_cli("finetune", FINETUNE, *SHORT, *CHECKPOINTING, "--run-dir", "runs/resumed", "--resume")
+    assert done.exit_code == 0, done.output
+    assert "activation checkpointing: per layer group" in done.output
+    assert_same_run(run, resumed)
+
+
+@pytest.mark.parametrize("kind, how", [("vit", "the model's own gradient checkpointing (vit)"),
+                                       ("resnet", "per layer group")])  # HF ResNet has no switch of its own
+def test_hugging_face_models_checkpoint_with_the_same_losses(tmp_path: Path, monkeypatch, kind: str,
+                                                             how: str) -> None:
+    import transformers
+
+    monkeypatch.chdir(tmp_path)
+    make_shapes(tmp_path / "shapes", per_class=6, size=IMAGE, seed=0)
+    settings = config(kind)
+    if kind == "vit":  # dropout on: the recomputation must replay the forward's masks
+        settings.hidden_dropout_prob = settings.attention_probs_dropout_prob = 0.2
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(settings).save_pretrained(tmp_path / kind)
+    write_yaml(tmp_path / "cfg.yaml", {
+        "seed": 0, "data": {"name": "image_folder", "params": {"path": "shapes", "workers": 0, "val_fraction": 0.25,
+                                                                "test_fraction": 0.25}, "batch_size": 4},
+        "model": {"name": "hf_encoder", "params": {"path": kind}}, "optim": {"name": "adamw", "lr": 0.001},
+        "train": {"max_steps": 4, "device": "cpu", "eval_every_steps": 2, "precise_bn": 0},
+        "transfer": {"freeze": ["backbone.encoder.embe*"]}})  # a frozen prefix
+    runs = {}
+    for name, sets in (("plain", ()), ("checkpointed", CHECKPOINTING)):
+        result = run_cli("finetune", "cfg.yaml", *sets, "--run-dir", f"runs/{name}")
+        assert result.exit_code == 0, result.output
+        runs[name] = Path("runs") / name
+    assert f"activation checkpointing: {how}" in result.output
+    losses = _losses(runs["plain"])
+    assert len(losses) == 2 and losses[0] != losses[1]
+    assert _losses(runs["checkpointed"]) == pytest.approx(losses, abs=1e-6)
+    assert _losses(runs["checkpointed"], "val/loss") == pytest.approx(_losses(runs["plain"], "val/loss"), abs=1e-6)

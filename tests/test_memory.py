@@ -134,3 +134,56 @@ def test_hugging_face_models_checkpoint_with_the_same_losses(tmp_path: Path, mon
     assert len(losses) == 2 and losses[0] != losses[1]
     assert _losses(runs["checkpointed"]) == pytest.approx(losses, abs=1e-6)
     assert _losses(runs["checkpointed"], "val/loss") == pytest.approx(_losses(runs["plain"], "val/loss"), abs=1e-6)
+
+
+# ---- the memory estimate ------------------------------------------------------------------------------
+def _estimate(*sets: str, config: str = "configs/tiny/pretrain.yaml") -> tuple[dict, str]:
+    result = run_cli("validate", config, "--json", *sets)
+    assert result.exit_code == 0, result.output
+    return result.json()["memory"], result.stderr
+
+
+@pytest.mark.parametrize("optimizer, states", [("adamw", 2), ("adam", 2), ("sgd", 1), ("rmsprop", 1)])
+def test_validate_prints_the_memory_estimate_per_optimizer(tiny: Path, optimizer: str, states: int) -> None:
+    memory, printed = _estimate("--set", f"optim.name={optimizer}")
+    parameters = 4 * 482  # cnn1d [8, 8], kernel 5, 10 classes, all float32
+    assert memory["parameters"] == memory["gradients"] == parameters
+    assert memory["optimizer_states_per_parameter"] == states
+    assert memory["optimizer_state"] == states * parameters
+    assert memory["micro_batch"] == 32 and memory["activations"] > 0
+    assert memory["total"] == parameters * (2 + states) + memory["activations"]
+    assert "memory estimate: parameters 1.9 KiB" in printed and f"({states} per trained parameter)" in printed
+
+
+def test_the_optimizer_state_follows_its_settings(tiny: Path) -> None:
+    assert _estimate("--set", "optim.name=sgd", "--set", "optim.params.momentum=0")[0]["optimizer_state"] == 0
+    amsgrad = _estimate("--set", "optim.params.amsgrad=true")[0]
+    assert amsgrad["optimizer_states_per_parameter"] == 3
+    centered = _estimate("--set", "optim.name=rmsprop", "--set", "optim.params.centered=true",
+                         "--set", "optim.params.momentum=0.9")[0]
+    assert centered["optimizer_states_per_parameter"] == 3
+
+
+def test_activations_grow_with_the_micro_batch_and_shrink_with_checkpointing(tiny: Path) -> None:
+    deep = ("--set", "model={name: mlp, params: {hidden: [64, 64, 64, 64, 64, 64], norm: layer}}")
+    half = _estimate(*deep, "--set", "data.batch_size=16")[0]["activations"]
+    full = _estimate(*deep, "--set", "data.batch_size=32")[0]
+    assert 1.8 < full["activations"] / half < 2.2
+    checkpointed, printed = _estimate(*deep, "--set", "data.batch_size=32", *CHECKPOINTING)
+    assert checkpointed["activations_without_checkpointing"] == full["activations"]
+    # each block keeps its input (a third of what it saves: Linear's input, LayerNorm's, ReLU's output)
+    # and one block's activations are recomputed at a time
+    assert checkpointed["activations"] < 0.8 * full["activations"]
+    assert "with activation checkpointing" in printed
+
+
+def test_a_finetune_records_the_estimate_and_a_linear_probe_trains_only_the_head(tiny: Path) -> None:
+    _pretrain(tiny)
+    run, output = _finetune("probe", "--set", "transfer.strategy=linear_probe")
+    memory = read_json(run / "run.json")["memory"]
+    head = 4 * (8 * 5 + 5)  # the head of the target task: 8 features -> 5 classes
+    assert memory["gradients"] == memory["trainable_parameters"] == head
+    assert memory["frozen_parameters"] == memory["parameters"] - head
+    assert memory["frozen_by_dtype"] == {"float32": memory["frozen_parameters"]}
+    assert memory["optimizer_state"] == 2 * head
+    assert "memory estimate:" in output

@@ -47,7 +47,7 @@ def _checkpointed_forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
 
     def run(*inner_args: Any, **inner_kwargs: Any) -> Any:
         if calls:  # the recomputation in the backward: the forward already updated the statistics
-            with _running_statistics_kept(module):
+            with running_statistics_kept(module):
                 return original(*inner_args, **inner_kwargs)
         calls.append(True)
         return original(*inner_args, **inner_kwargs)
@@ -56,7 +56,8 @@ def _checkpointed_forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _running_statistics_kept(module: nn.Module) -> Iterator[None]:
+def running_statistics_kept(module: nn.Module) -> Iterator[None]:
+    """BatchNorm running statistics (and counters) under `module` put back as they were."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
              and m.training and m.track_running_stats]
     kept = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from transfer_cli.config.schema import Experiment
 from transfer_cli.core.console import Console
@@ -17,6 +17,7 @@ from transfer_cli.train.acceleration import StepModuleBuilder, check_channels_la
 from transfer_cli.train.callbacks import Checkpointer, ConsoleProgress, EarlyStopping, MetricsLog, PhaseController
 from transfer_cli.train.engine import Engine, EngineConfig, TrainState
 from transfer_cli.train.features import FeatureStore, cached_features, can_cache
+from transfer_cli.train.memory import estimate_memory, summary_line
 from transfer_cli.train.optim import OPTIMIZERS, lr_scales, param_groups
 from transfer_cli.train.precise_bn import resolve_batches
 from transfer_cli.train.schedules import SCHEDULES
@@ -65,13 +66,13 @@ class Trainer:
                                compress=smoke)
         self.cached = self._cache_decision(train)
         self.cache_seconds = 0.0
-        if exp.train.activation_checkpointing:
-            how = self.model.enable_activation_checkpointing()
-            console.info(f"activation checkpointing: {how}")
         check_channels_last(exp.train.channels_last, parts.data.input_shape)
         if exp.train.channels_last:
             to_channels_last(self.model)
-        self.fsdp = distributed.world().is_distributed and exp.train.distributed == "fsdp"
+        several = distributed.world().is_distributed
+        if several:  # before FSDP wraps the groups (not estimated under torchrun)
+            self._checkpoint_activations()
+        self.fsdp = several and exp.train.distributed == "fsdp"
         if self.fsdp:  # before the optimizer: it must hold the sharded parameters
             distributed.shard_fully(self.model, self.model.layer_group_names())
         trains_ever = set().union(*(phase.trainable for phase in self.plan))
@@ -81,6 +82,10 @@ class Trainer:
             self.optimizer = OPTIMIZERS.build(exp.optim.name, exp.optim.params, groups=groups, lr=exp.optim.lr)
         except ValueError as exc:  # torch's own checks of combinations (e.g. nesterov without momentum)
             raise ConfigError([f"optim.params: {exc} (optimizer '{exp.optim.name}')"]) from None
+        self.memory: Optional[dict] = None
+        if not several:  # measured before checkpointing wraps the groups, which the estimate accounts for
+            self.memory = self._estimate_memory(train, cfg.batch_size, trains_ever.__contains__)
+            self._checkpoint_activations()
         # order matters: the phase tags the record and early stopping marks the state before the
         # record is logged and the checkpoint saved, so a resumed run sees the same decision
         self.callbacks: list = [PhaseController(self.plan, self.model, exp.transfer.bn, console)]
@@ -98,6 +103,20 @@ class Trainer:
                                         distributed_mode=exp.train.distributed, warn=console.warn)
         self.engine = Engine(self.model, self.optimizer, plan_schedule(self.plan), parts.loss, parts.evaluator,
                              parts.device, cfg, self.callbacks, step_module)
+
+    def _checkpoint_activations(self) -> None:
+        if self.exp.train.activation_checkpointing:
+            how = self.model.enable_activation_checkpointing()
+            self.console.info(f"activation checkpointing: {how}")
+
+    def _estimate_memory(self, train: TensorSplit, batch_size: int, trains: Callable[[str], bool]) -> dict:
+        """The memory estimate of a step (see train.memory), printed."""
+        batch = next(iter(train.batches(batch_size, self.parts.device)))
+        groups = self.model.layer_groups()[:-1] if self.exp.train.activation_checkpointing else None
+        estimate = estimate_memory(self.model, self.optimizer, trains, batch, self.parts.loss,
+                                   self.exp.train.precision, groups)
+        self.console.info(summary_line(estimate, groups is not None))
+        return estimate
 
     def _cache_decision(self, train: TensorSplit) -> dict[str, bool]:
         """Which phases train the head on cached features."""

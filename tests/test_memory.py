@@ -105,6 +105,15 @@ def test_a_run_resumes_with_activation_checkpointing_switched_on(tiny: Path) -> 
     assert_same_run(run, resumed)
 
 
+def _vision_run(tmp_path: Path, kind: str, **transfer: object) -> None:
+    make_shapes(tmp_path / "shapes", per_class=6, size=IMAGE, seed=0)
+    write_yaml(tmp_path / "cfg.yaml", {
+        "seed": 0, "data": {"name": "image_folder", "params": {"path": "shapes", "workers": 0, "val_fraction": 0.25,
+                                                                "test_fraction": 0.25}, "batch_size": 4},
+        "model": {"name": "hf_encoder", "params": {"path": kind}}, "optim": {"name": "adamw", "lr": 0.001},
+        "train": {"max_steps": 4, "device": "cpu", "eval_every_steps": 2, "precise_bn": 0}, "transfer": transfer})
+
+
 @pytest.mark.parametrize("kind, how", [("vit", "the model's own gradient checkpointing (vit)"),
                                        ("resnet", "per layer group")])  # HF ResNet has no switch of its own
 def test_hugging_face_models_checkpoint_with_the_same_losses(tmp_path: Path, monkeypatch, kind: str,
@@ -112,18 +121,12 @@ def test_hugging_face_models_checkpoint_with_the_same_losses(tmp_path: Path, mon
     import transformers
 
     monkeypatch.chdir(tmp_path)
-    make_shapes(tmp_path / "shapes", per_class=6, size=IMAGE, seed=0)
+    _vision_run(tmp_path, kind, freeze=["backbone.encoder.embe*"])  # a frozen prefix
     settings = config(kind)
     if kind == "vit":  # dropout on: the recomputation must replay the forward's masks
         settings.hidden_dropout_prob = settings.attention_probs_dropout_prob = 0.2
     torch.manual_seed(0)
     transformers.AutoModel.from_config(settings).save_pretrained(tmp_path / kind)
-    write_yaml(tmp_path / "cfg.yaml", {
-        "seed": 0, "data": {"name": "image_folder", "params": {"path": "shapes", "workers": 0, "val_fraction": 0.25,
-                                                                "test_fraction": 0.25}, "batch_size": 4},
-        "model": {"name": "hf_encoder", "params": {"path": kind}}, "optim": {"name": "adamw", "lr": 0.001},
-        "train": {"max_steps": 4, "device": "cpu", "eval_every_steps": 2, "precise_bn": 0},
-        "transfer": {"freeze": ["backbone.encoder.embe*"]}})  # a frozen prefix
     runs = {}
     for name, sets in (("plain", ()), ("checkpointed", CHECKPOINTING)):
         result = run_cli("finetune", "cfg.yaml", *sets, "--run-dir", f"runs/{name}")
@@ -187,3 +190,99 @@ def test_a_finetune_records_the_estimate_and_a_linear_probe_trains_only_the_head
     assert memory["frozen_by_dtype"] == {"float32": memory["frozen_parameters"]}
     assert memory["optimizer_state"] == 2 * head
     assert "memory estimate:" in output
+
+
+# ---- frozen parameters in bf16 --------------------------------------------------------------------------
+MLP = ("--set", "model={name: mlp, params: {hidden: [64, 64], norm: layer}}")
+BF16 = ("--set", "train.frozen_dtype=bf16")
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from transfer_cli.runs import checkpoints as ckpt
+    from transfer_cli.weights.files import read_weights
+
+    return read_weights(run / "checkpoints" / "best" / ckpt.WEIGHTS)
+
+
+def test_a_bf16_linear_probe_halves_the_frozen_bytes_trains_evaluates_and_exports(tiny: Path) -> None:
+    result = run_cli("pretrain", "configs/tiny/pretrain.yaml", "--set", "train.max_steps=4", *MLP)
+    assert result.exit_code == 0, result.output
+    probe = ("--set", "transfer.strategy=linear_probe", "--set", "transfer.cache_features=false")
+    fp32, _ = _finetune("fp32", *probe)
+    bf16, output = _finetune("bf16", *probe, *BF16)
+    assert "kept in bfloat16" in output
+    plain, halved = (read_json(run / "run.json")["memory"] for run in (fp32, bf16))
+    assert halved["frozen_parameters"] * 2 == plain["frozen_parameters"] > 0
+    assert halved["frozen_by_dtype"] == {"bfloat16": halved["frozen_parameters"]}
+    assert halved["trainable_parameters"] == plain["trainable_parameters"]
+    # the parameter bytes are counted from the model's tensors: the head stayed float32
+    assert halved["parameters"] == halved["frozen_parameters"] + plain["trainable_parameters"]
+    # the backbone is the pretrained one rounded to bf16, the head trained as in float32 (but computed on
+    # bf16 features: not bit for bit); all float32 on disk
+    weights, start, reference = _weights(bf16), _weights(tiny / "runs" / "pretrain"), _weights(fp32)
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
+    backbone = [k for k in weights if k.startswith("backbone.") and weights[k].is_floating_point()]
+    assert backbone and all(torch.equal(weights[k], start[k].bfloat16().float()) for k in backbone)
+    assert not torch.equal(weights["head.weight"], reference["head.weight"])
+    torch.testing.assert_close(weights["head.weight"], reference["head.weight"], atol=2e-2, rtol=0)
+    # evaluate (float32, as the final evaluation of the finetune) and export take the run as any other
+    evaluated = run_cli("evaluate", bf16, "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert evaluated.json()["metrics"]["test"] == read_json(bf16 / "report.json")["metrics"]["test"]
+    exported = run_cli("export", bf16, "--format", "onnx", "--json")
+    assert exported.exit_code == 0, exported.output
+
+
+def test_bf16_lora_base_trains_resumes_bit_exact_and_evaluates_in_float32(tiny: Path) -> None:
+    _pretrain(tiny)  # cnn1d: the convs' base weights go bf16, BatchNorm stays float32
+    lora = ("--set", "transfer.strategy=lora", "--set", "transfer.lora.rank=2", "--set", "train.keep_last=5")
+    fp32, _ = _finetune("fp32", *lora)
+    run, output = _finetune("bf16", *lora, *BF16)
+    memory = read_json(run / "run.json")["memory"]
+    assert set(memory["frozen_by_dtype"]) == {"bfloat16", "float32"}  # BatchNorm's weights stay float32
+    assert memory["frozen_parameters"] < read_json(fp32 / "run.json")["memory"]["frozen_parameters"]
+    losses = _losses(run)
+    assert losses == pytest.approx(_losses(fp32), rel=0.02) and losses != _losses(fp32)
+    evaluated = run_cli("evaluate", run, "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert evaluated.json()["metrics"]["test"] == read_json(run / "report.json")["metrics"]["test"]
+    resumed = copy_run(run, tiny / "runs" / "resumed")
+    rewind(resumed, 1)
+    done = run_cli("finetune", FINETUNE, *SHORT, *lora, *BF16, "--run-dir", "runs/resumed", "--resume")
+    assert done.exit_code == 0, done.output
+    assert_same_run(run, resumed)
+    # a resume in another dtype would mix two experiments
+    refused = run_cli("finetune", FINETUNE, *SHORT, *lora, "--run-dir", "runs/resumed", "--resume")
+    assert refused.exit_code == 2
+    assert "train.frozen_dtype (run: 'bf16', now: 'fp32')" in refused.stderr and "Traceback" not in refused.output
+
+
+def test_bf16_with_nothing_frozen_warns_and_keeps_float32(tiny: Path) -> None:
+    memory, printed = _estimate(*BF16)
+    assert "no parameter stays frozen under strategy 'full'" in printed
+    assert memory["frozen_parameters"] == 0 and memory["parameters"] == 4 * 482
+
+
+@pytest.mark.parametrize("kind", ["vit", "gpt2"])  # GPT-2's projections are transformers' Conv1D
+def test_bf16_lora_base_of_hugging_face_models(tmp_path: Path, monkeypatch, kind: str) -> None:
+    from hf_tiny import save_model
+    from test_hf_kinds import _text_config, _texts
+    from tokenizers import Tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    lora = {"strategy": "lora", "lora": {"rank": 2}}
+    if kind == "vit":
+        save_model(tmp_path / kind, kind)
+        _vision_run(tmp_path, kind, **lora)
+    else:
+        tokenizer = _texts(tmp_path, ["<|endoftext|>"])
+        save_model(tmp_path / kind, kind, vocab=Tokenizer.from_file(str(tokenizer)).get_vocab_size())
+        _text_config(tmp_path, kind, **lora)
+    result = run_cli("finetune", "cfg.yaml", *BF16, "--run-dir", "runs/t")
+    assert result.exit_code == 0, result.output
+    memory = read_json(Path("runs/t/run.json"))["memory"]
+    # all but the few parameters outside a layer (ViT's position embeddings and class token)
+    assert memory["frozen_by_dtype"]["bfloat16"] > 0.8 * memory["frozen_parameters"]
+    evaluated = run_cli("evaluate", "runs/t", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert evaluated.json()["metrics"]["test"] == read_json(Path("runs/t/report.json"))["metrics"]["test"]

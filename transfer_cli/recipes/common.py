@@ -80,6 +80,10 @@ def _final_report(stage: str, exp: Experiment, parts: Parts, run: RunDir, traine
     """Evaluate the best weights on val and the eval split; write report.json/md and plots."""
     if state.stop_reason:
         trainer.console.info(state.stop_reason)
+    if trainer.frozen_bf16:  # evaluated as every later stage computes: float32 on the checkpoint's weights
+        from transfer_cli.models.frozen_dtype import to_float32
+
+        to_float32(parts.model)
     if trainer.lora:
         from transfer_cli.models.lora import merge_lora
 

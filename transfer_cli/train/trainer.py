@@ -7,6 +7,8 @@ import math
 import time
 from typing import TYPE_CHECKING, Callable, Optional
 
+import torch
+
 from transfer_cli.config.schema import Experiment
 from transfer_cli.core.console import Console
 from transfer_cli.core.errors import ConfigError
@@ -17,7 +19,7 @@ from transfer_cli.train.acceleration import StepModuleBuilder, check_channels_la
 from transfer_cli.train.callbacks import Checkpointer, ConsoleProgress, EarlyStopping, MetricsLog, PhaseController
 from transfer_cli.train.engine import Engine, EngineConfig, TrainState
 from transfer_cli.train.features import FeatureStore, cached_features, can_cache
-from transfer_cli.train.memory import estimate_memory, summary_line
+from transfer_cli.train.memory import estimate_memory, human, summary_line
 from transfer_cli.train.optim import OPTIMIZERS, lr_scales, param_groups
 from transfer_cli.train.precise_bn import resolve_batches
 from transfer_cli.train.schedules import SCHEDULES
@@ -76,6 +78,7 @@ class Trainer:
         if self.fsdp:  # before the optimizer: it must hold the sharded parameters
             distributed.shard_fully(self.model, self.model.layer_group_names())
         trains_ever = set().union(*(phase.trainable for phase in self.plan))
+        self.frozen_bf16 = exp.train.frozen_dtype == "bf16" and self._frozen_to_bf16(trains_ever.__contains__)
         scales = lr_scales(self.model.layer_group_names(), exp.transfer.backbone_lr_mult, exp.transfer.layer_decay)
         groups = param_groups(self.model, exp.optim.lr, exp.optim.weight_decay, scales, include=trains_ever.__contains__)
         try:
@@ -103,6 +106,18 @@ class Trainer:
                                         distributed_mode=exp.train.distributed, warn=console.warn)
         self.engine = Engine(self.model, self.optimizer, plan_schedule(self.plan), parts.loss, parts.evaluator,
                              parts.device, cfg, self.callbacks, step_module)
+
+    def _frozen_to_bf16(self, trains: Callable[[str], bool]) -> bool:
+        from transfer_cli.models.frozen_dtype import keep_frozen_in_bf16
+
+        saved = keep_frozen_in_bf16(self.model, trains)
+        if saved:
+            self.console.info(f"train.frozen_dtype: bf16: the parameters that never train are kept in bfloat16 "
+                              f"({human(saved)} less)")
+        else:
+            self.console.warn(f"train.frozen_dtype: bf16, but no parameter stays frozen under strategy "
+                              f"'{self.exp.transfer.strategy}' (every one trains in some phase): all stay float32")
+        return bool(saved)
 
     def _checkpoint_activations(self) -> None:
         if self.exp.train.activation_checkpointing:
@@ -139,8 +154,12 @@ class Trainer:
         if self.lora:
             from transfer_cli.models.lora import merged_state_dict
 
-            return merged_state_dict(self.model)
-        return distributed.model_state(self.model)
+            state = merged_state_dict(self.model, torch.float32 if self.frozen_bf16 else None)
+        else:
+            state = distributed.model_state(self.model)
+        if self.frozen_bf16:  # checkpoints are float32 as always: a later stage loads them unchanged
+            state = {k: v.float() if v.dtype == torch.bfloat16 else v for k, v in state.items()}
+        return state
 
     def resume_state(self) -> Optional[dict]:
         return self.model.state_dict() if self.lora else None

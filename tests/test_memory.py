@@ -39,8 +39,14 @@ def _finetune(name: str, *sets: str) -> tuple[Path, str]:
     return Path("runs") / name, result.output
 
 
-@pytest.mark.parametrize("strategy", ["full", "freeze", "linear_probe", "lora"])
+# full and linear_probe are slow only to keep this file fast: LoRA and freeze (below) are the frozen prefixes
+@pytest.mark.parametrize("strategy", [pytest.param("full", marks=pytest.mark.slow), "lora",
+                                      pytest.param("linear_probe", marks=pytest.mark.slow)])
 def test_activation_checkpointing_gives_the_same_losses(tiny: Path, strategy: str) -> None:
+    _same_losses_with_and_without_checkpointing(tiny, strategy)
+
+
+def _same_losses_with_and_without_checkpointing(tiny: Path, strategy: str) -> tuple[Path, tuple[str, ...]]:
     _pretrain(tiny)
     sets = {"full": (), "freeze": ("--set", "transfer.freeze=['backbone.block0.*']"),
             # cached features would skip the backbone: run it, checkpointed, every step
@@ -59,6 +65,7 @@ def test_activation_checkpointing_gives_the_same_losses(tiny: Path, strategy: st
     assert _losses(checkpointed, "val/loss") == pytest.approx(_losses(plain, "val/loss"), abs=1e-6)
     final = read_json(checkpointed / "report.json")["metrics"]["test"]["loss"]
     assert final == pytest.approx(read_json(plain / "report.json")["metrics"]["test"]["loss"], abs=1e-6)
+    return plain, sets
 
 
 def test_checkpointed_groups_recompute_and_keep_their_gradients() -> None:
@@ -95,11 +102,10 @@ def test_checkpointed_groups_recompute_and_keep_their_gradients() -> None:
 
 def test_a_run_resumes_with_activation_checkpointing_switched_on(tiny: Path) -> None:
     """It changes the memory of a step, not its numbers: resuming with it flipped is the same run."""
-    _pretrain(tiny)
-    run, _ = _finetune("plain")
+    run, sets = _same_losses_with_and_without_checkpointing(tiny, "freeze")
     resumed = copy_run(run, tiny / "runs" / "resumed")
     rewind(resumed, 1)
-    done = run_cli("finetune", FINETUNE, *SHORT, *CHECKPOINTING, "--run-dir", "runs/resumed", "--resume")
+    done = run_cli("finetune", FINETUNE, *SHORT, *sets, *CHECKPOINTING, "--run-dir", "runs/resumed", "--resume")
     assert done.exit_code == 0, done.output
     assert "activation checkpointing: per layer group" in done.output
     assert_same_run(run, resumed)
@@ -229,7 +235,7 @@ def test_a_bf16_linear_probe_halves_the_frozen_bytes_trains_evaluates_and_export
     evaluated = run_cli("evaluate", bf16, "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert evaluated.json()["metrics"]["test"] == read_json(bf16 / "report.json")["metrics"]["test"]
-    exported = run_cli("export", bf16, "--format", "onnx", "--json")
+    exported = run_cli("export", bf16, "--format", "safetensors", "--json")
     assert exported.exit_code == 0, exported.output
 
 

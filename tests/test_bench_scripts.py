@@ -32,3 +32,14 @@ def test_bench_eval_tax_times_plain_and_engine_steps(tmp_path: Path) -> None:
     out = _script("scripts/bench_eval_tax.py", "--device", "cpu", "--steps", "4", "--eval-every", "2",
                   "--repeats", "1", "--config", str(config))
     assert "step  plain PyTorch loop" in out and "full/plain" in out
+
+
+@pytest.mark.slow  # ~25 s: a fresh process per case, each importing torch and transformers
+def test_bench_memory_compares_checkpointing_and_the_estimate_with_the_measured_peak() -> None:
+    pytest.importorskip("transformers", reason="the benchmark's model is a Hugging Face ViT")
+    out = _script("scripts/bench_memory.py", "--cases", "plain,full,full+ckpt", "--layers", "2", "--hidden", "32",
+                  "--image", "16", "--patch", "4", "--batch", "4", "--steps", "2", "--threads", "1")
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("plain ", "full"))}
+    assert set(rows) == {"plain", "full", "full+ckpt"}
+    assert len(rows["full"]) == 8 and float(rows["full"][6]) > 0  # rise / estimate
+    assert "rise full+ckpt / full:" in out and "rise full / plain:" in out

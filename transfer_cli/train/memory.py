@@ -5,7 +5,8 @@ Activations are what autograd saves for the backward (saved-tensor hooks on a fo
 model; the parameters it saves are counted once, as parameters), on CUDA the measured peak of
 the forward and backward. With activation checkpointing a layer group keeps only its input and,
 during the backward, one group's activations at a time: the estimate is then the activations
-outside the groups + every group's input + the largest group's activations.
+outside the groups (the groups' inputs among them) + the largest group's activations, measured
+with the model checkpointed (so the measurement needs no more memory than the training step).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 from transfer_cli.eval.evaluation import autocast
+from torch.utils.checkpoint import checkpoint
+
 from transfer_cli.models.checkpointing import running_statistics_kept
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,10 +82,8 @@ def measure_activations(model: nn.Module, trains: Callable[[str], bool], batch: 
         loss.backward()
         peak = torch.cuda.max_memory_allocated(device) - before if device.type == "cuda" else None
         model.zero_grad(set_to_none=True)
-    saved = meter.activations(checkpointed is not None)
+    saved = meter.activations()
     out = {"activations": saved, "activations_method": "tensors saved for backward", "micro_batch": len(x)}
-    if checkpointed is not None:
-        out["activations_without_checkpointing"] = meter.activations(False)
     if peak is not None:  # the allocator's own peak: gradients are in it, activations the rest
         grads = sum(_nbytes(p) for name, p in model.named_parameters() if trains(name))
         out.update(activations=max(peak - grads, saved), activations_method="CUDA peak of forward+backward")
@@ -90,44 +91,50 @@ def measure_activations(model: nn.Module, trains: Callable[[str], bool], batch: 
 
 
 class SavedTensors(contextlib.AbstractContextManager):
-    """Bytes of the tensors autograd saves for the backward, by layer group (each storage once,
-    parameters not at all)."""
+    """Bytes of the tensors autograd saves for the backward (each once, parameters not at all).
+
+    With `groups` (those activation checkpointing will wrap), each group runs twice in the
+    forward: plainly, its saved tensors counted and then dropped, and checkpointed, which gives
+    the output the rest of the model uses. So the measurement never holds more than one group's
+    activations at a time, as the checkpointed training step will not."""
 
     def __init__(self, model: nn.Module, groups: list[nn.Module]) -> None:
         self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         self.groups, self.seen = groups, set()
-        self.outside, self.inside, self.inputs = 0, [0] * len(groups), [0] * len(groups)
+        self.outside, self.inside = 0, [0] * len(groups)
         self.current: Optional[int] = None
-        self._hooks: list[Any] = []
+        self._forwards: list[Any] = []
         self._saved = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def __enter__(self) -> "SavedTensors":
         for index, group in enumerate(self.groups):
-            self._hooks.append(group.register_forward_pre_hook(self._entering(index), with_kwargs=True))
-            self._hooks.append(group.register_forward_hook(self._leaving))
+            self._forwards.append(group.__dict__.get("forward"))
+            object.__setattr__(group, "forward", self._probe(index, type(group).forward.__get__(group)))
         self._saved.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._saved.__exit__(*exc)
-        for hook in self._hooks:
-            hook.remove()
+        for group, forward in zip(self.groups, self._forwards):
+            del group.__dict__["forward"]
+            if forward is not None:
+                object.__setattr__(group, "forward", forward)
 
-    def activations(self, checkpointed: bool) -> int:
-        if not checkpointed:
-            return self.outside + sum(self.inside)
-        return self.outside + sum(self.inputs) + max(self.inside, default=0)
+    def activations(self) -> int:
+        """What the step keeps: outside the groups (where the checkpoints keep each group's input),
+        and, checkpointed, one group's activations at a time (the largest)."""
+        return self.outside + (max(self.inside) if self.groups else 0)
 
-    def _entering(self, index: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            self.current = index
-            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-            self.inputs[index] += sum(_nbytes(t) for t in tensors)
+    def _probe(self, index: int, original: Callable[..., Any]) -> Callable[..., Any]:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            alive, self.current = set(self.seen), index
+            try:
+                original(*args, **kwargs)  # counted, then freed: its addresses may be reused
+            finally:
+                self.seen, self.current = alive, None
+            return checkpoint(original, *args, use_reentrant=False, **kwargs)
 
-        return hook
-
-    def _leaving(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self.current = None
+        return forward
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         # a tensor's own bytes, not its storage's: a batch is a view of the whole split

@@ -13,8 +13,10 @@ a temporary folder, no download) on a generated image folder, each case in a fre
 
 and prints per case the estimate the run logs (parameters, and what training adds: gradients +
 optimizer state + activations), the measured peak and its rise over the level before training
-(CPU: resident set size sampled every millisecond; CUDA: max allocated), the ratio of the rise to
-the estimate, and seconds per step (median).
+(CPU: resident set size sampled every millisecond, with glibc's mmap threshold fixed at 128 KiB so
+that freed tensors leave the RSS; CUDA: max allocated), the ratio of the rise to the estimate, and
+seconds per step (median). The rise includes the estimate's own measurement (one forward and
+backward of a micro-batch, checkpointed when the case is) and the optimizer state's creation.
 
     python scripts/bench_memory.py                          # CPU, 12 layers, hidden 256, 64x64 images, batch 32
     python scripts/bench_memory.py --device cuda --batch 128 --image 224 --patch 16
@@ -152,7 +154,11 @@ def plain_loop(parts, exp, train, times: list[float]) -> None:  # noqa: ANN001
 
 def run_case(case: str, folder: Path, args: argparse.Namespace) -> dict | None:
     command = [sys.executable, __file__, "--child", case, "--folder", str(folder), *passed_on(args)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    # a fixed mmap threshold: glibc then returns a freed tensor's memory to the system at once, so the
+    # RSS follows the live memory (with its default, adaptive threshold freed memory stays resident and
+    # the peak says more about the allocator's history than about the step)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env)
     if done.returncode != 0:
         print(f"  {case}: failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None

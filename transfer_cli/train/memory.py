@@ -128,6 +128,8 @@ class SavedTensors(contextlib.AbstractContextManager):
     def _probe(self, index: int, original: Callable[..., Any]) -> Callable[..., Any]:
         def forward(*args: Any, **kwargs: Any) -> Any:
             alive, self.current = set(self.seen), index
+            # its inputs are counted outside, where the checkpoint keeps them, not again inside
+            self.seen.update(_key(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
             try:
                 original(*args, **kwargs)  # counted, then freed: its addresses may be reused
             finally:
@@ -138,7 +140,7 @@ class SavedTensors(contextlib.AbstractContextManager):
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         # a tensor's own bytes, not its storage's: a batch is a view of the whole split
-        key = (tensor.data_ptr(), tensor.numel(), tensor.dtype)
+        key = _key(tensor)
         if tensor.untyped_storage().data_ptr() not in self.params and key not in self.seen:
             self.seen.add(key)
             if self.current is None:
@@ -170,6 +172,10 @@ def _cuda_reset(device: torch.device) -> int:
 
 def _devices(device: torch.device) -> list:
     return [device] if device.type == "cuda" else []
+
+
+def _key(tensor: torch.Tensor) -> tuple:
+    return tensor.data_ptr(), tensor.numel(), tensor.dtype
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

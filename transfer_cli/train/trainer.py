@@ -127,7 +127,7 @@ class Trainer:
     def _estimate_memory(self, train: TensorSplit, batch_size: int, trains: Callable[[str], bool]) -> dict:
         """The memory estimate of a step (see train.memory), printed."""
         batch = next(iter(train.batches(batch_size, self.parts.device)))
-        groups = self.model.layer_groups()[:-1] if self.exp.train.activation_checkpointing else None
+        groups = self.model.checkpointing_units() if self.exp.train.activation_checkpointing else None
         estimate = estimate_memory(self.model, self.optimizer, trains, batch, self.parts.loss,
                                    self.exp.train.precision, groups)
         self.console.info(summary_line(estimate, groups is not None))

@@ -296,3 +296,27 @@ def test_bf16_lora_base_of_hugging_face_models(tmp_path: Path, monkeypatch, kind
     evaluated = run_cli("evaluate", "runs/t", "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert evaluated.json()["metrics"]["test"] == read_json(Path("runs/t/report.json"))["metrics"]["test"]
+
+
+@pytest.mark.slow  # ~40 s: three two-process runs
+def test_under_torchrun_checkpointing_trains_alike_and_fsdp_refuses_bf16(tiny: Path) -> None:
+    import subprocess
+    import sys
+
+    from reliability_tools import ENV
+
+    def transfer(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "transfer_cli", "pretrain", "configs/tiny/pretrain.yaml",
+                               "--nproc", "2", "--set", "train.max_steps=4", "--set", "train.eval_every_steps=2",
+                               "--set", "train.precise_bn=0", *args], cwd=tiny, env=ENV, capture_output=True,
+                              text=True, timeout=240)
+
+    plain = transfer("--run-dir", "runs/ddp")
+    checkpointed = transfer(*CHECKPOINTING, "--run-dir", "runs/ddp-ckpt")
+    assert plain.returncode == 0 and checkpointed.returncode == 0, checkpointed.stderr
+    assert "activation checkpointing: per layer group" in checkpointed.stdout + checkpointed.stderr
+    assert _losses(tiny / "runs/ddp-ckpt") == pytest.approx(_losses(tiny / "runs/ddp"), abs=1e-6)
+    refused = transfer("--set", "train.distributed=fsdp", *BF16, "--run-dir", "runs/fsdp")
+    assert refused.returncode == 2
+    assert "train.frozen_dtype: bf16 is not available with train.distributed: fsdp" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -277,32 +277,39 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_rise(run: Callable[[], object], device: torch.device) -> dict:
+    """The peak memory while `run()` runs and its rise over the level before: CUDA max allocated,
+    or on CPU the resident set size sampled every millisecond (and the process's maxrss)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run()
+        peak = torch.cuda.max_memory_allocated(device)
+        return {"kind": "cuda max allocated", "peak": peak, "rise": peak - before}
+    before, peak, running = _rss_bytes(), [0], [True]
+
+    def sample() -> None:
+        while running[0]:
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        run()
+    finally:
+        running[0] = False
+        sampler.join()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"kind": "RSS", "peak": max(peak[0], before), "rise": max(peak[0] - before, 0), "maxrss": maxrss}
+
+
 def peak_memory_child(case: str, loop: str, args: argparse.Namespace) -> None:
     """In a fresh process: one run of `loop`, then print its peak memory (bytes) as JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         setup = Setup(CASES[case], args, Path(tmp))
-        if setup.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(setup.device)
-            before = torch.cuda.memory_allocated(setup.device)
-            LOOPS[loop](setup, args.steps)
-            peak = torch.cuda.max_memory_allocated(setup.device)
-            print(json.dumps({"kind": "cuda max allocated", "peak": peak, "rise": peak - before}))
-            return
-        before, peak, running = _rss_bytes(), [0], [True]
-
-        def sample() -> None:
-            while running[0]:
-                peak[0] = max(peak[0], _rss_bytes())
-                time.sleep(0.001)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        LOOPS[loop](setup, args.steps)
-        running[0] = False
-        sampler.join()
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        print(json.dumps({"kind": "RSS", "peak": max(peak[0], before), "rise": max(peak[0] - before, 0),
-                          "maxrss": maxrss}))
+        print(json.dumps(peak_rise(lambda: LOOPS[loop](setup, args.steps), setup.device)))
 
 
 def peak_memory(case: str, loop: str, args: argparse.Namespace) -> Optional[dict]:

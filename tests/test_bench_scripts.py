@@ -47,3 +47,14 @@ def test_check_hf_scratch_trains_the_shipped_hf_architectures_in_a_plain_loop() 
     lines = [line for line in out.splitlines() if "val/accuracy" in line]
     assert [line.split()[0] for line in lines] == ["hf_resnet", "hf_vit"]
     assert all(0 <= float(line.split("val/accuracy ")[1].split()[0]) <= 1 for line in lines)
+
+
+@pytest.mark.slow  # ~25 s: a fresh process per case, each importing torch and transformers
+def test_bench_memory_compares_checkpointing_and_the_estimate_with_the_measured_peak() -> None:
+    pytest.importorskip("transformers", reason="the benchmark's model is a Hugging Face ViT")
+    out = _script("scripts/bench_memory.py", "--cases", "plain,full,full+ckpt", "--layers", "2", "--hidden", "32",
+                  "--image", "16", "--patch", "4", "--batch", "4", "--steps", "2", "--threads", "1")
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("plain ", "full"))}
+    assert set(rows) == {"plain", "full", "full+ckpt"}
+    assert len(rows["full"]) == 8 and float(rows["full"][6]) > 0  # rise / estimate
+    assert "rise full+ckpt / full:" in out and "rise full / plain:" in out

@@ -73,6 +73,10 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = Field(False, description="torch.compile the training forward; eager with a warning where it fails")
     channels_last: bool = Field(False, description="image models: weights and batches in NHWC memory layout")
+    activation_checkpointing: bool = Field(False, description="recompute activations in the backward instead of "
+                                           "keeping them: less memory, about one more forward per step, same losses")
+    frozen_dtype: Literal["fp32", "bf16"] = Field("fp32", description="bf16: parameters that never train (linear "
+                                                  "probe, LoRA base, transfer.freeze) kept and run in bfloat16")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: DDP replicates the model on "
                                                 "every rank, FSDP shards it")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")

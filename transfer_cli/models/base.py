@@ -56,6 +56,19 @@ class TransferModel(nn.Module):
         (e.g. `hf_encoder`): path, weights file and sha256. None: randomly initialised."""
         return None
 
+    def checkpointing_units(self) -> list[nn.Module]:
+        """The modules activation checkpointing recomputes, each as a whole: the backbone's layer
+        groups (the head's activations are the logits: nothing to save)."""
+        return self.layer_groups()[:-1]
+
+    def enable_activation_checkpointing(self) -> str:
+        """Recompute each checkpointing unit's activations in the backward; says how."""
+        from transfer_cli.models.checkpointing import checkpoint_modules
+
+        units = self.checkpointing_units()
+        checkpoint_modules(units)
+        return f"per layer group ({len(units)} groups)"
+
     def fix_modules(self, names: list[str]) -> None:
         """Keep these submodules in eval mode whenever the model trains (frozen parts keep their
         running statistics and run dropout-free)."""

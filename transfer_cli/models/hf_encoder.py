@@ -140,6 +140,33 @@ class HFEncoderModel(TransferModel):
         """The architecture inline instead of the folder: a later stage needs the run alone."""
         return {**params, "path": None, "config": recorded_architecture(self.backbone.encoder)}
 
+    def checkpointing_units(self) -> list[nn.Module]:
+        """The blocks the model's own switch checkpoints, else (no switch) the layer groups."""
+        if not self._has_own_checkpointing():
+            return super().checkpointing_units()
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        units: list[tuple[str, nn.Module]] = []
+        for name, module in self.backbone.encoder.named_modules():  # the outermost (Swin: stages, not their blocks)
+            if isinstance(module, GradientCheckpointingLayer) and not any(name.startswith(f"{u}.") for u, _ in units):
+                units.append((name, module))
+        return [module for _, module in units]
+
+    def _has_own_checkpointing(self) -> bool:
+        return bool(getattr(self.backbone.encoder, "supports_gradient_checkpointing", False))
+
+    def enable_activation_checkpointing(self) -> str:
+        """The model's own switch where it has one (its blocks), else per layer group."""
+        encoder = self.backbone.encoder
+        if not self._has_own_checkpointing():
+            return super().enable_activation_checkpointing()
+        kwargs = {"use_reentrant": False}  # a frozen prefix: inputs that do not require grad
+        if hasattr(encoder, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name is deprecated
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        return f"the model's own gradient checkpointing ({encoder.config.model_type})"
+
     def pretrained_lineage(self) -> dict | None:
         if self.directory is None:
             return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from fnmatch import fnmatchcase
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -64,14 +65,15 @@ def lora_parameter_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] in LORA_PARAMS]
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def merged_state_dict(model: nn.Module, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
     """The plain-architecture state dict: each adapted weight W replaced by W + (alpha/rank) * B·A,
-    no lora_ keys. Does not modify the model."""
+    no lora_ keys, the merged weights in `dtype` (default: the weight's). Does not modify the model."""
     state = model.state_dict()
     with torch.no_grad():
         for name, module in adapted_modules(model):
             prefix = f"{name}." if name else ""
-            state[prefix + "weight"] = state[prefix + "weight"] + _delta_weight(module)
+            target = dtype or module.weight.dtype
+            state[prefix + "weight"] = state[prefix + "weight"].to(target) + _delta_weight(module, target)
             for param in LORA_PARAMS:
                 del state[prefix + param]
     return state
@@ -133,7 +135,7 @@ def _attach(module: nn.Module, rank: int, alpha: float, dropout: float) -> None:
 
 def _add_lora_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
     # a module-level function reading the module it is given, so that deep copies stay independent
-    x = module.lora_dropout(inputs[0])
+    x = module.lora_dropout(inputs[0]).to(module.lora_A.dtype)  # a bf16 base layer gets bf16 inputs
     if isinstance(module, nn.Linear) or is_transposed_linear(module):
         delta = F.linear(F.linear(x, module.lora_A), module.lora_B)
     else:
@@ -143,12 +145,13 @@ def _add_lora_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> 
     return output + module.lora_scale * delta
 
 
-def _delta_weight(module: nn.Module) -> torch.Tensor:
-    """scale * B·A in the shape and dtype of the module's weight (computed in float32)."""
+def _delta_weight(module: nn.Module, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """scale * B·A in the shape of the module's weight, in `dtype` (default: the weight's),
+    computed in float32."""
     delta = module.lora_B.flatten(1).float() @ module.lora_A.flatten(1).float()
     if is_transposed_linear(module):
         delta = delta.T  # (out, in) -> the (in, out) layout Conv1D stores
-    return (module.lora_scale * delta).view(module.weight.shape).to(module.weight.dtype)
+    return (module.lora_scale * delta).view(module.weight.shape).to(dtype or module.weight.dtype)
 
 
 def _detach(module: nn.Module) -> None:

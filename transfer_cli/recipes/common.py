@@ -53,7 +53,8 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
         started = distributed.on_main(begin)
         tracking = Tracking.open(run, exp, stage, lineage, console, resume_at=state.step if opts.resume else None)
         trainer.add_callback(tracking)
-        run.update_run(strategy={"name": exp.transfer.strategy, "phases": phases_summary(trainer.plan)})
+        run.update_run(strategy={"name": exp.transfer.strategy, "phases": phases_summary(trainer.plan)},
+                       memory=trainer.memory)
         console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {trainer.total} steps "
                      f"on {parts.device}; run dir {path}")
         tic = time.perf_counter()
@@ -79,6 +80,10 @@ def _final_report(stage: str, exp: Experiment, parts: Parts, run: RunDir, traine
     """Evaluate the best weights on val and the eval split; write report.json/md and plots."""
     if state.stop_reason:
         trainer.console.info(state.stop_reason)
+    if trainer.frozen_bf16:  # evaluated as every later stage computes: float32 on the checkpoint's weights
+        from transfer_cli.models.frozen_dtype import to_float32
+
+        to_float32(parts.model)
     if trainer.lora:
         from transfer_cli.models.lora import merge_lora
 

@@ -213,6 +213,9 @@ def check_distributed(exp: Experiment, data: DataBundle, model: nn.Module, evalu
         problems.append("transfer.cache_features: true is not available under torchrun; use auto or false")
     if exp.train.distributed == "fsdp" and exp.transfer.strategy == "lora":
         problems.append("transfer.strategy: lora is not available with train.distributed: fsdp; use ddp")
+    if exp.train.distributed == "fsdp" and exp.train.frozen_dtype != "fp32":
+        problems.append("train.frozen_dtype: bf16 is not available with train.distributed: fsdp (a shard holds one "
+                        "dtype); use ddp, or frozen_dtype: fp32")
     if problems:
         raise ConfigError(problems)
     if opts.predictions is not None:

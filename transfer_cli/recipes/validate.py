@@ -22,16 +22,17 @@ def validate_only(exp: Experiment, stage: str, opts: RunOptions, console: Consol
     if stage == "evaluate":
         load_exact(parts.model, exp.eval.checkpoint, exp.transfer.keys)
     path = run_path(exp, opts, stage)
-    steps = 0
+    steps, memory = 0, None
     if stage != "evaluate":
-        steps = Trainer(exp, parts, None, console).total
+        trainer = Trainer(exp, parts, None, console)  # prints the memory estimate
+        steps, memory = trainer.total, trainer.memory
     if (path / "run.json").is_file():
         console.info(f"note: {path} already holds a run; {stage} would need --resume or --overwrite")
     else:
         RunDir.check(path, "new")
     summary = {"stage": stage, "run_dir": str(path), "data": data_info(exp, parts.data),
                "model": model_info(exp, parts.model), "steps": steps, "device": str(parts.device),
-               "monitor": parts.monitor}
+               "monitor": parts.monitor, "memory": memory}
     console.info(f"ok: {stage} config is valid; {summary['model']['parameters']:,} parameters, "
                  f"{steps} steps, run dir {path}")
     return summary

@@ -122,7 +122,9 @@ def _repair_aliases(run: RunDir, resumed: Path, state: TrainState) -> None:
     ckpt.point(run.checkpoints, "best", best if ckpt.is_complete(best) else resumed)
 
 
-NOT_COMPARED = ("run_dir", "log")
+#: key paths a resumed run may change: where the run lives and where it is tracked are not part of
+#: the experiment, and activation checkpointing changes the memory a step takes, not its numbers
+NOT_COMPARED = ("run_dir", "log", "train.activation_checkpointing")
 
 
 def check_same_config(run: RunDir, exp: Experiment, smoke: bool = False) -> None:
@@ -146,15 +148,27 @@ def check_same_config(run: RunDir, exp: Experiment, smoke: bool = False) -> None
         stored = Experiment.model_validate(stored).model_dump(mode="json")
     except ValueError:  # a config of an older schema: compared as it is written
         pass
-    # where the run lives and where it is tracked are not part of the experiment: a run dir that
-    # was moved resumes, and so does one with a tracker turned on or off
-    stored = {k: v for k, v in stored.items() if k not in NOT_COMPARED}
-    current = {k: v for k, v in exp.model_dump(mode="json").items() if k not in NOT_COMPARED}
-    differences = _diff(stored, current)
+    # a run dir that was moved resumes, and so does one with a tracker turned on or off
+    differences = _diff(_without(stored, NOT_COMPARED), _without(exp.model_dump(mode="json"), NOT_COMPARED))
     if differences:
         shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
         raise RunDirError(f"cannot resume {run.path}: the config differs from the run's config.yaml at {shown}. "
                           f"Resume with the same config, or start a new run (--run-dir / --overwrite)")
+
+
+def _without(config: dict, paths: tuple[str, ...]) -> dict:
+    """A copy of `config` without these dotted key paths."""
+    out = dict(config)
+    for path in paths:
+        *parents, last = path.split(".")
+        node = out
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                break
+            node[key] = node = dict(node[key])
+        else:
+            node.pop(last, None)
+    return out
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:

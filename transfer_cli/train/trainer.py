@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
+
+import torch
 
 from transfer_cli.config.schema import Experiment
 from transfer_cli.core.console import Console
@@ -17,6 +19,7 @@ from transfer_cli.train.acceleration import StepModuleBuilder, check_channels_la
 from transfer_cli.train.callbacks import Checkpointer, ConsoleProgress, EarlyStopping, MetricsLog, PhaseController
 from transfer_cli.train.engine import Engine, EngineConfig, TrainState
 from transfer_cli.train.features import FeatureStore, cached_features, can_cache
+from transfer_cli.train.memory import estimate_memory, human, summary_line
 from transfer_cli.train.optim import OPTIMIZERS, lr_scales, param_groups
 from transfer_cli.train.precise_bn import resolve_batches
 from transfer_cli.train.schedules import SCHEDULES
@@ -68,16 +71,24 @@ class Trainer:
         check_channels_last(exp.train.channels_last, parts.data.input_shape)
         if exp.train.channels_last:
             to_channels_last(self.model)
-        self.fsdp = distributed.world().is_distributed and exp.train.distributed == "fsdp"
+        several = distributed.world().is_distributed
+        if several:  # before FSDP wraps the groups (not estimated under torchrun)
+            self._checkpoint_activations()
+        self.fsdp = several and exp.train.distributed == "fsdp"
         if self.fsdp:  # before the optimizer: it must hold the sharded parameters
             distributed.shard_fully(self.model, self.model.layer_group_names())
         trains_ever = set().union(*(phase.trainable for phase in self.plan))
+        self.frozen_bf16 = exp.train.frozen_dtype == "bf16" and self._frozen_to_bf16(trains_ever.__contains__)
         scales = lr_scales(self.model.layer_group_names(), exp.transfer.backbone_lr_mult, exp.transfer.layer_decay)
         groups = param_groups(self.model, exp.optim.lr, exp.optim.weight_decay, scales, include=trains_ever.__contains__)
         try:
             self.optimizer = OPTIMIZERS.build(exp.optim.name, exp.optim.params, groups=groups, lr=exp.optim.lr)
         except ValueError as exc:  # torch's own checks of combinations (e.g. nesterov without momentum)
             raise ConfigError([f"optim.params: {exc} (optimizer '{exp.optim.name}')"]) from None
+        self.memory: Optional[dict] = None
+        if not several:  # measured before checkpointing wraps the groups, which the estimate accounts for
+            self.memory = self._estimate_memory(train, cfg.batch_size, trains_ever.__contains__)
+            self._checkpoint_activations()
         # order matters: the phase tags the record and early stopping marks the state before the
         # record is logged and the checkpoint saved, so a resumed run sees the same decision
         self.callbacks: list = [PhaseController(self.plan, self.model, exp.transfer.bn, console)]
@@ -95,6 +106,32 @@ class Trainer:
                                         distributed_mode=exp.train.distributed, warn=console.warn)
         self.engine = Engine(self.model, self.optimizer, plan_schedule(self.plan), parts.loss, parts.evaluator,
                              parts.device, cfg, self.callbacks, step_module)
+
+    def _frozen_to_bf16(self, trains: Callable[[str], bool]) -> bool:
+        from transfer_cli.models.frozen_dtype import keep_frozen_in_bf16
+
+        saved = keep_frozen_in_bf16(self.model, trains)
+        if saved:
+            self.console.info(f"train.frozen_dtype: bf16: the parameters that never train are kept in bfloat16 "
+                              f"({human(saved)} less)")
+        else:
+            self.console.warn(f"train.frozen_dtype: bf16, but no parameter stays frozen under strategy "
+                              f"'{self.exp.transfer.strategy}' (every one trains in some phase): all stay float32")
+        return bool(saved)
+
+    def _checkpoint_activations(self) -> None:
+        if self.exp.train.activation_checkpointing:
+            how = self.model.enable_activation_checkpointing()
+            self.console.info(f"activation checkpointing: {how}")
+
+    def _estimate_memory(self, train: TensorSplit, batch_size: int, trains: Callable[[str], bool]) -> dict:
+        """The memory estimate of a step (see train.memory), printed."""
+        batch = next(iter(train.batches(batch_size, self.parts.device)))
+        groups = self.model.checkpointing_units() if self.exp.train.activation_checkpointing else None
+        estimate = estimate_memory(self.model, self.optimizer, trains, batch, self.parts.loss,
+                                   self.exp.train.precision, groups)
+        self.console.info(summary_line(estimate, groups is not None))
+        return estimate
 
     def _cache_decision(self, train: TensorSplit) -> dict[str, bool]:
         """Which phases train the head on cached features."""
@@ -117,8 +154,12 @@ class Trainer:
         if self.lora:
             from transfer_cli.models.lora import merged_state_dict
 
-            return merged_state_dict(self.model)
-        return distributed.model_state(self.model)
+            state = merged_state_dict(self.model, torch.float32 if self.frozen_bf16 else None)
+        else:
+            state = distributed.model_state(self.model)
+        if self.frozen_bf16:  # checkpoints are float32 as always: a later stage loads them unchanged
+            state = {k: v.float() if v.dtype == torch.bfloat16 else v for k, v in state.items()}
+        return state
 
     def resume_state(self) -> Optional[dict]:
         return self.model.state_dict() if self.lora else None

@@ -362,6 +362,33 @@ def rank(
     _execute(action, json_out, quiet, debug)
 
 
+@app.command()
+def sweep(
+    sweep_file: Path = typer.Argument(..., metavar="SWEEP.yaml", help="A sweep file: base config, space, method, "
+                                                                      "budget, objective, pruning."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Write the sweep here (default: runs/<sweep "
+                                                                 "folder>/<sweep name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a stopped sweep: finished trials kept, the "
+                                                        "interrupted one continued."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing sweep directory."),
+    parallel: int = typer.Option(1, "--parallel", min=1, metavar="N", help="Run trials in N processes on this "
+                                                                           "machine (one shared sqlite study)."),
+    smoke: bool = SmokeOpt, json_out: bool = JsonOpt, quiet: bool = QuietOpt, debug: bool = DebugOpt,
+    worker: bool = typer.Option(False, "--worker", hidden=True),
+) -> None:
+    """Search hyperparameters: many finetune (or pretrain) trials of one base config, pruned, resumable,
+    with one table of all trials and the best config written out."""
+
+    def action(console: Any) -> Any:
+        from transfer_cli.sweep.run import SweepOptions, run_sweep
+        from transfer_cli.sweep.schema import read_sweep
+
+        opts = SweepOptions(run_dir, resume, overwrite, parallel, smoke, worker)
+        return run_sweep(read_sweep(sweep_file), opts, console)
+
+    _execute(action, json_out, quiet, debug)
+
+
 @app.command("list")
 def list_components(json_out: bool = JsonOpt) -> None:
     """Show the registered data sets, models, optimizers, schedules, losses and metrics."""

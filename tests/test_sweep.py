@@ -1,0 +1,129 @@
+"""`transfer sweep` from the command line on the built-in task, with tiny trials: the grid with the
+median pruner, the table, best.yaml re-run to the same value, resume after a real kill, and the
+sweep file's errors (exit 2, one line naming the file, the line and the key)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import read_json, run_cli, write_yaml
+from reliability_tools import start_cli, wait_until
+
+pytest.importorskip("optuna")
+
+SWEEP_DIR = Path("runs/tiny/sweep")
+
+
+def _pretrained(tiny: Path) -> None:
+    result = run_cli("pretrain", "configs/tiny/pretrain.yaml", "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+def _sweep_file(tiny: Path, name: str = "sweep", **settings: object) -> Path:
+    """A 3 x 2 grid over the learning rate and the strategy, 3 epochs per trial."""
+    write_yaml(tiny / "configs/tiny/sweep_base.yaml", {"extends": "finetune.yaml", "train": {"epochs": 3}})
+    sweep = {"base": "sweep_base.yaml", "method": "grid", "objective": "val/accuracy",
+             "space": {"optim.lr": {"values": [0.0001, 0.003, 0.03]},
+                       "transfer.strategy": {"values": ["full", "linear_probe"]}},
+             "pruning": {"median": True, "warmup_evals": 1, "startup_trials": 2}, **settings}
+    return write_yaml(tiny / f"configs/tiny/{name}.yaml", sweep)
+
+
+def test_grid_sweep_with_pruning_writes_the_table_and_a_best_config_that_reruns(tiny: Path) -> None:
+    _pretrained(tiny)
+    result = run_cli("sweep", _sweep_file(tiny))
+    assert result.exit_code == 0, result.output
+    out = tiny / SWEEP_DIR
+    with open(out / "trials.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6
+    assert sorted((float(r["optim.lr"]), r["transfer.strategy"]) for r in rows) == sorted(
+        (lr, s) for lr in (0.0001, 0.003, 0.03) for s in ("full", "linear_probe"))
+    states = [r["state"] for r in rows]
+    assert "pruned" in states and states.count("complete") >= 2 and "failed" not in states
+    complete = [float(r["value"]) for r in rows if r["state"] == "complete"]
+    assert complete == sorted(complete, reverse=True)  # sorted by the objective, best first
+    assert states == sorted(states, key=("complete", "pruned").index)
+
+    # each trial is an ordinary run directory; a pruned one stopped early, cleanly, and says so
+    pruned = next(r for r in rows if r["state"] == "pruned")
+    info = read_json(Path(pruned["run_dir"]) / "run.json")
+    assert info["status"] == "completed" and info["sweep_trial"]["state"] == "pruned"
+    evals = [json.loads(line) for line in (Path(pruned["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert len(evals) == int(pruned["pruned_at_evaluation"]) < 3
+    assert "pruned by the sweep's median pruner" in read_json(Path(pruned["run_dir"]) / "report.json")["stop_reason"]
+    evaluated = run_cli("evaluate", pruned["run_dir"], "--quiet")
+    assert evaluated.exit_code == 0, evaluated.output
+
+    summary = read_json(out / "sweep.json")
+    assert summary["direction"] == "maximize" and summary["best"]["value"] == max(complete)
+    table = (out / "sweep.md").read_text()
+    assert table.count("\n| 0") == 6 and f"| {summary['best']['trial']:03d} | complete |" in table
+    assert (out / "study.db").is_file() and (out / "sweep.png").stat().st_size > 5000
+    assert "sorted by val/accuracy" in result.stdout
+
+    # best.yaml is plain YAML the finetune command runs, to the same objective value
+    rerun = run_cli("finetune", out / "best.yaml", "--run-dir", "runs/best", "--json", "--quiet")
+    assert rerun.exit_code == 0, rerun.output
+    assert rerun.json()["metrics"]["val"]["accuracy"] == summary["best"]["value"]
+
+    # the sweep dir is not reused silently
+    again = run_cli("sweep", _sweep_file(tiny))
+    assert again.exit_code == 2 and "already exists; use --resume to continue it" in again.stderr
+
+
+def test_a_killed_sweep_resumes_where_it_stopped(tiny: Path) -> None:
+    _pretrained(tiny)
+    # long enough trials (60 steps, an evaluation every 10) to be stopped in the middle of one
+    sweep = _sweep_file(tiny, pruning={"median": False},
+                        space={"optim.lr": {"values": [0.001, 0.003, 0.01]}})
+    write_yaml(tiny / "configs/tiny/sweep_base.yaml", {"extends": "finetune.yaml",
+                                                       "train": {"max_steps": 60, "eval_every_steps": 10}})
+    process = start_cli(["sweep", str(sweep), "--quiet"], tiny, quiet=True)
+    second = tiny / SWEEP_DIR / "trials" / "001"
+    wait_until(lambda: (second / "metrics.jsonl").is_file() and (second / "metrics.jsonl").read_text().count("\n") >= 1
+               or process.poll() is not None)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert read_json(second / "run.json")["status"] == "interrupted"
+    first_run = (tiny / SWEEP_DIR / "trials/000/run.json").read_text()
+    assert not (tiny / SWEEP_DIR / "trials/002").exists()
+
+    result = run_cli("sweep", sweep, "--resume")
+    assert result.exit_code == 0, result.output
+    summary = read_json(tiny / SWEEP_DIR / "sweep.json")
+    assert [t["state"] for t in summary["trials"]] == ["complete"] * 3  # the budget: 3 trials, not 4
+    assert (tiny / SWEEP_DIR / "trials/000/run.json").read_text() == first_run  # the finished one kept
+    resumed = read_json(second / "run.json")
+    assert resumed["status"] == "completed" and resumed["resumed"][0]["step"] > 0  # continued, not restarted
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"space": {"optim.lrr": {"values": [0.01]}}},
+     "configs/tiny/bad.yaml:5 (space.optim.lrr = 0.01): optim.lrr: unknown key (did you mean 'lr'?)"),
+    ({"method": "gird"}, "configs/tiny/bad.yaml:3: method: Input should be 'grid', 'random' or 'tpe' "
+                         "(did you mean 'grid'?)"),
+    ({"space": {"transfer.strategy": {"values": ["linaer_probe"]}}},
+     "transfer.strategy: Input should be 'full', 'linear_probe', 'lp_ft', 'gradual' or 'lora' "
+     "(did you mean 'linear_probe'?)"),
+    ({"objective": "val/acuracy"}, "configs/tiny/bad.yaml:2: objective: unknown metric 'acuracy' "
+                                   "(did you mean 'accuracy'?)"),
+    ({"method": "random", "space": {"optim.lr": {"low": 0.1, "high": 0.01, "logg": True}}},
+     "space.optim.lr.logg: unknown key (did you mean 'log'?); allowed here: high, int, log, low, values"),
+    ({"method": "tpe", "space": {"optim.lr": {"low": 0.0001, "high": 0.1, "log": True}}},
+     "method tpe needs a budget: budget: {trials: N} and/or {minutes: M}"),
+])
+def test_sweep_file_errors_exit_2_with_one_clear_line(tiny: Path, change: dict, expected: str) -> None:
+    sweep = {"base": "pretrain.yaml", "objective": "val/accuracy", "method": "grid",
+             "space": {"optim.lr": {"values": [0.01]}}, "stage": "pretrain"}
+    path = write_yaml(tiny / "configs/tiny/bad.yaml", {**sweep, **change})
+    result = run_cli("sweep", path.relative_to(tiny))
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr and "Traceback" not in result.output
+    assert not (tiny / "runs").exists()  # nothing written, no pretrained run needed to say so

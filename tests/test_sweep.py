@@ -127,3 +127,16 @@ def test_sweep_file_errors_exit_2_with_one_clear_line(tiny: Path, change: dict, 
     assert result.exit_code == 2, result.output
     assert expected in result.stderr and "Traceback" not in result.output
     assert not (tiny / "runs").exists()  # nothing written, no pretrained run needed to say so
+
+
+@pytest.mark.slow  # two worker processes start (about 25 s on the shared 2 cores)
+def test_parallel_workers_pull_trials_from_the_shared_study(tiny: Path) -> None:
+    _pretrained(tiny)
+    sweep = _sweep_file(tiny, pruning={"median": False}, space={"optim.lr": {"values": [0.001, 0.01]}})
+    result = run_cli("sweep", sweep, "--parallel", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = read_json(tiny / SWEEP_DIR / "sweep.json")
+    assert summary["counts"]["complete"] == 2
+    runs = {t["run_dir"] for t in summary["trials"]}
+    assert len(runs) == 2 and all(read_json(Path(r) / "run.json")["status"] == "completed" for r in runs)
+    assert (tiny / SWEEP_DIR / "best.yaml").is_file()

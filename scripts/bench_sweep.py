@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Feature reuse across a sweep: `transfer sweep` of linear-probe learning rates on the built-in
+task, with the sweep's shared feature cache, without it (each trial runs the frozen backbone once
+itself) and with feature caching off (the backbone runs every step), against a plain PyTorch
+loop in the same process (per learning rate: the frozen backbone under no_grad and the head, Adam,
+one validation pass per epoch).
+
+    python scripts/bench_sweep.py [--lrs 5] [--epochs 5] [--n-train 4000] [--repeats 3]
+
+Prints each mode's wall seconds for the whole sweep (median [min-max] over repeats, modes
+alternating) and the ratios, the feature extraction seconds the trials report, and whether every
+mode found the same best value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from transfer_cli.cli import app  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = {"shared cache": {"share_features": True}, "cache per trial": {"share_features": False},
+         "no caching": {"share_features": False}}
+
+
+def run(args: list[str]) -> None:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exit_code != 0:
+        raise SystemExit(result.output)
+
+
+def write_sweep(tmp: Path, mode: str, args: argparse.Namespace, pretrained: Path) -> Path:
+    base = {"extends": str(ROOT / "configs/quickstart/finetune.yaml"),
+            "data": {"per_class": None, "batch_size": 128, "params": {"n_train": args.n_train}},
+            "train": {"epochs": args.epochs, "device": "cpu"},
+            "transfer": {"init_from": str(pretrained), "strategy": "linear_probe",
+                         "cache_features": False if mode == "no caching" else "auto"}}
+    lrs = [float(f"{10 ** (-4 + 3 * i / max(args.lrs - 1, 1)):.2g}") for i in range(args.lrs)]
+    sweep = {"base": "base.yaml", "method": "grid", "objective": "val/accuracy",
+             "space": {"optim.lr": {"values": lrs}}, **MODES[mode]}
+    folder = tmp / mode.replace(" ", "_")
+    folder.mkdir(exist_ok=True)
+    (folder / "base.yaml").write_text(yaml.safe_dump(base))
+    (folder / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    return folder / "sweep.yaml"
+
+
+def sweep_once(sweep_file: Path, out: Path) -> tuple[float, float, float]:
+    """(wall seconds, feature extraction seconds summed over the trials, best value)."""
+    tic = time.perf_counter()
+    run(["sweep", sweep_file, "--run-dir", out, "--quiet"])
+    seconds = time.perf_counter() - tic
+    summary = json.loads((out / "sweep.json").read_text())
+    extraction = sum(json.loads((Path(t["run_dir"]) / "report.json").read_text())["timings"]
+                     .get("feature_cache_seconds", 0.0) for t in summary["trials"])
+    return seconds, extraction, summary["best"]["value"]
+
+
+def plain_loop(pretrained: Path, args: argparse.Namespace, lrs: int) -> float:
+    """Seconds of the textbook linear probe for every learning rate, on the same data and model."""
+    from transfer_cli.data import DATASETS
+    from transfer_cli.models import MODELS
+    from transfer_cli.weights.files import read_weights
+
+    data = DATASETS.build("motifs", {"task": "target", "n_train": args.n_train, "n_val": 500, "n_test": 1000},
+                          seed=0)
+    params = yaml.safe_load((pretrained / "config.yaml").read_text())["model"]
+    model = MODELS.build(params["name"], params["params"], input_shape=data.input_shape,
+                         num_outputs=data.num_outputs)
+    weights = {k: v for k, v in read_weights(pretrained / "checkpoints/best/model.safetensors").items()
+               if not k.startswith("head.")}
+    model.load_state_dict(weights, strict=False)
+    model.eval()
+    train, val = data.split("train"), data.split("val")
+    tic = time.perf_counter()
+    for _ in range(lrs):
+        head = torch.nn.Linear(model.head.in_features, data.num_outputs)
+        optimizer, loss_fn = torch.optim.Adam(head.parameters(), lr=1e-3), torch.nn.CrossEntropyLoss()
+        for _ in range(args.epochs):
+            for batch in torch.randperm(len(train.y)).split(128):
+                with torch.no_grad():
+                    features = model.backbone(train.x[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(head(features), train.y[batch]).backward()
+                optimizer.step()
+            with torch.no_grad():
+                correct = sum((head(model.backbone(val.x[b])).argmax(1) == val.y[b]).sum().item()
+                              for b in torch.arange(len(val.y)).split(256))
+    assert correct >= 0
+    return time.perf_counter() - tic
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lrs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--n-train", type=int, default=4000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        pretrained = tmp / "pretrain"
+        run(["pretrain", ROOT / "configs/quickstart/pretrain.yaml", "--run-dir", pretrained, "--quiet",
+             "--set", "train.epochs=1", "--set", "train.device=cpu"])
+        files = {mode: write_sweep(tmp, mode, args, pretrained) for mode in MODES}
+        results: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in MODES}
+        plain = []
+        for repeat in range(args.repeats):
+            for mode, sweep_file in files.items():
+                results[mode].append(sweep_once(sweep_file, tmp / f"{mode.replace(' ', '_')}-{repeat}"))
+            plain.append(plain_loop(pretrained, args, args.lrs))
+    print(f"sweep of {args.lrs} linear-probe learning rates, {args.n_train} training samples, {args.epochs} epochs "
+          f"(median [min-max] of {args.repeats}, seconds for the whole sweep):")
+    reference = statistics.median(s for s, _, _ in results["shared cache"])
+    for mode, rows in results.items():
+        seconds = [s for s, _, _ in rows]
+        print(f"  {mode:>16}: {statistics.median(seconds):7.2f} s [{min(seconds):.2f}-{max(seconds):.2f}]  "
+              f"x{statistics.median(seconds) / reference:.2f} of the shared cache; feature extraction "
+              f"{statistics.median(e for _, e, _ in rows):.2f} s summed over the trials")
+    print(f"  {'plain loop':>16}: {statistics.median(plain):7.2f} s [{min(plain):.2f}-{max(plain):.2f}]  "
+          f"x{statistics.median(plain) / reference:.2f} of the shared cache (backbone every step, no reports)")
+    best = {mode: rows[0][2] for mode, rows in results.items()}
+    print(f"  best val/accuracy per mode: {best}; the same in every mode: {len(set(best.values())) == 1}")
+
+
+if __name__ == "__main__":
+    main()

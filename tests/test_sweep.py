@@ -140,3 +140,27 @@ def test_parallel_workers_pull_trials_from_the_shared_study(tiny: Path) -> None:
     runs = {t["run_dir"] for t in summary["trials"]}
     assert len(runs) == 2 and all(read_json(Path(r) / "run.json")["status"] == "completed" for r in runs)
     assert (tiny / SWEEP_DIR / "best.yaml").is_file()
+
+
+def test_random_sweep_over_ranges_stays_in_bounds_and_resumes_to_its_budget(tiny: Path) -> None:
+    sweep = write_yaml(tiny / "configs/tiny/ranges.yaml", {
+        "base": "pretrain.yaml", "stage": "pretrain", "method": "random", "seed": 3, "objective": "val/loss",
+        "space": {"optim.lr": {"low": 1e-4, "high": 1e-1, "log": True},
+                  "model.params.kernel_size": {"low": 3, "high": 7, "int": True}},
+        "budget": {"trials": 2}})
+    result = run_cli("sweep", sweep, "--smoke", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = read_json(tiny / "runs/tiny/ranges/sweep.json")
+    assert summary["direction"] == "minimize" and len(summary["trials"]) == 2
+    for trial in summary["trials"]:
+        assert 1e-4 <= trial["params"]["optim.lr"] <= 1e-1
+        kernel = trial["params"]["model.params.kernel_size"]
+        assert isinstance(kernel, int) and 3 <= kernel <= 7
+        config = (Path(trial["run_dir"]) / "config.yaml").read_text()
+        assert f"kernel_size: {kernel}" in config  # the value reached the trial's resolved config
+    values = [t["value"] for t in summary["trials"]]
+    assert values == sorted(values)  # minimize: lowest first
+    # a finished sweep resumed: nothing more to run, the same table
+    again = run_cli("sweep", sweep, "--smoke", "--quiet", "--resume")
+    assert again.exit_code == 0, again.output
+    assert len(read_json(tiny / "runs/tiny/ranges/sweep.json")["trials"]) == 2

@@ -7,20 +7,23 @@ one validation pass per epoch).
 
     python scripts/bench_sweep.py [--lrs 5] [--epochs 5] [--n-train 4000] [--repeats 3]
 
-Prints each mode's wall seconds for the whole sweep (median [min-max] over repeats, modes
-alternating) and the ratios, the feature extraction seconds the trials report, and whether every
-mode found the same best value.
+Prints, per mode, the CPU seconds of the whole sweep (this process and its children: steadier
+than wall time on a shared machine) and its wall seconds, median [min-max] over repeats (modes
+alternating), the ratios to the shared cache, the training seconds and feature extraction seconds
+the trials report (summed), and whether every mode found the same best value.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -56,18 +59,28 @@ def write_sweep(tmp: Path, mode: str, args: argparse.Namespace, pretrained: Path
     return folder / "sweep.yaml"
 
 
-def sweep_once(sweep_file: Path, out: Path) -> tuple[float, float, float]:
-    """(wall seconds, feature extraction seconds summed over the trials, best value)."""
-    tic = time.perf_counter()
-    run(["sweep", sweep_file, "--run-dir", out, "--quiet"])
-    seconds = time.perf_counter() - tic
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def timed(work: Callable[[], object]) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of work()."""
+    cpu, wall = cpu_seconds(), time.perf_counter()
+    work()
+    return cpu_seconds() - cpu, time.perf_counter() - wall
+
+
+def sweep_once(sweep_file: Path, out: Path) -> dict[str, float]:
+    """CPU and wall seconds of the sweep, its trials' training and extraction seconds (summed), best value."""
+    cpu, wall = timed(lambda: run(["sweep", sweep_file, "--run-dir", out, "--quiet"]))
     summary = json.loads((out / "sweep.json").read_text())
-    extraction = sum(json.loads((Path(t["run_dir"]) / "report.json").read_text())["timings"]
-                     .get("feature_cache_seconds", 0.0) for t in summary["trials"])
-    return seconds, extraction, summary["best"]["value"]
+    timings = [json.loads((Path(t["run_dir"]) / "report.json").read_text())["timings"] for t in summary["trials"]]
+    return {"cpu": cpu, "wall": wall, "train": sum(t["train_seconds"] for t in timings),
+            "extraction": sum(t.get("feature_cache_seconds", 0.0) for t in timings), "best": summary["best"]["value"]}
 
 
-def plain_loop(pretrained: Path, args: argparse.Namespace, lrs: int) -> float:
+def plain_loop(pretrained: Path, args: argparse.Namespace, lrs: int) -> tuple[float, float]:
     """Seconds of the textbook linear probe for every learning rate, on the same data and model."""
     from transfer_cli.data import DATASETS
     from transfer_cli.models import MODELS
@@ -83,22 +96,29 @@ def plain_loop(pretrained: Path, args: argparse.Namespace, lrs: int) -> float:
     model.load_state_dict(weights, strict=False)
     model.eval()
     train, val = data.split("train"), data.split("val")
-    tic = time.perf_counter()
-    for _ in range(lrs):
-        head = torch.nn.Linear(model.head.in_features, data.num_outputs)
-        optimizer, loss_fn = torch.optim.Adam(head.parameters(), lr=1e-3), torch.nn.CrossEntropyLoss()
-        for _ in range(args.epochs):
-            for batch in torch.randperm(len(train.y)).split(128):
-                with torch.no_grad():
-                    features = model.backbone(train.x[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(head(features), train.y[batch]).backward()
-                optimizer.step()
+
+    def probes() -> None:
+        for _ in range(lrs):
+            probe(model, train, val, data.num_outputs, args.epochs)
+
+    return timed(probes)
+
+
+def probe(model: torch.nn.Module, train: Any, val: Any, classes: int, epochs: int) -> None:
+    """The textbook linear probe: the frozen backbone under no_grad, the head, Adam, a val pass per epoch."""
+    head = torch.nn.Linear(model.head.in_features, classes)
+    optimizer, loss_fn = torch.optim.Adam(head.parameters(), lr=1e-3), torch.nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(train.y)).split(128):
             with torch.no_grad():
-                correct = sum((head(model.backbone(val.x[b])).argmax(1) == val.y[b]).sum().item()
-                              for b in torch.arange(len(val.y)).split(256))
+                features = model.backbone(train.x[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(head(features), train.y[batch]).backward()
+            optimizer.step()
+        with torch.no_grad():
+            correct = sum((head(model.backbone(val.x[b])).argmax(1) == val.y[b]).sum().item()
+                          for b in torch.arange(len(val.y)).split(256))
     assert correct >= 0
-    return time.perf_counter() - tic
 
 
 def main() -> None:
@@ -115,23 +135,35 @@ def main() -> None:
         run(["pretrain", ROOT / "configs/quickstart/pretrain.yaml", "--run-dir", pretrained, "--quiet",
              "--set", "train.epochs=1", "--set", "train.device=cpu"])
         files = {mode: write_sweep(tmp, mode, args, pretrained) for mode in MODES}
-        results: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in MODES}
-        plain = []
+        results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+        plain: list[tuple[float, float]] = []
+        sweep_once(files["shared cache"], tmp / "warm-up")  # imports (optuna, sqlalchemy) and first-call costs
         for repeat in range(args.repeats):
             for mode, sweep_file in files.items():
                 results[mode].append(sweep_once(sweep_file, tmp / f"{mode.replace(' ', '_')}-{repeat}"))
             plain.append(plain_loop(pretrained, args, args.lrs))
-    print(f"sweep of {args.lrs} linear-probe learning rates, {args.n_train} training samples, {args.epochs} epochs "
-          f"(median [min-max] of {args.repeats}, seconds for the whole sweep):")
-    reference = statistics.median(s for s, _, _ in results["shared cache"])
+    report(results, plain, args)
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):7.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def report(results: dict[str, list[dict[str, float]]], plain: list[tuple[float, float]],
+           args: argparse.Namespace) -> None:
+    print(f"sweep of {args.lrs} linear-probe learning rates, {args.n_train} training samples, {args.epochs} epochs; "
+          f"median [min-max] of {args.repeats}, seconds for the whole sweep:")
+    reference = statistics.median(r["cpu"] for r in results["shared cache"])
+    print(f"  {'':>16}  {'CPU s':>18}  {'x shared':>8}  {'wall s':>20}  {'trials train s':>14}  {'extraction s':>12}")
     for mode, rows in results.items():
-        seconds = [s for s, _, _ in rows]
-        print(f"  {mode:>16}: {statistics.median(seconds):7.2f} s [{min(seconds):.2f}-{max(seconds):.2f}]  "
-              f"x{statistics.median(seconds) / reference:.2f} of the shared cache; feature extraction "
-              f"{statistics.median(e for _, e, _ in rows):.2f} s summed over the trials")
-    print(f"  {'plain loop':>16}: {statistics.median(plain):7.2f} s [{min(plain):.2f}-{max(plain):.2f}]  "
-          f"x{statistics.median(plain) / reference:.2f} of the shared cache (backbone every step, no reports)")
-    best = {mode: rows[0][2] for mode, rows in results.items()}
+        cpu = [r["cpu"] for r in rows]
+        print(f"  {mode:>16}  {spread(cpu):>18}  {statistics.median(cpu) / reference:8.2f}  "
+              f"{spread([r['wall'] for r in rows]):>20}  {statistics.median(r['train'] for r in rows):14.2f}  "
+              f"{statistics.median(r['extraction'] for r in rows):12.2f}")
+    cpu = [c for c, _ in plain]
+    print(f"  {'plain loop':>16}  {spread(cpu):>18}  {statistics.median(cpu) / reference:8.2f}  "
+          f"{spread([w for _, w in plain]):>20}  (backbone every step; no evaluation of test, no reports)")
+    best = {mode: rows[0]["best"] for mode, rows in results.items()}
     print(f"  best val/accuracy per mode: {best}; the same in every mode: {len(set(best.values())) == 1}")
 
 

@@ -34,6 +34,10 @@ def _sweep_file(tiny: Path, name: str = "sweep", **settings: object) -> Path:
     return write_yaml(tiny / f"configs/tiny/{name}.yaml", sweep)
 
 
+def _table(sweep_dir: Path) -> list:
+    return [(t["trial"], t["state"], t["value"], t["params"]) for t in read_json(sweep_dir / "sweep.json")["trials"]]
+
+
 def test_grid_sweep_with_pruning_writes_the_table_and_a_best_config_that_reruns(tiny: Path) -> None:
     _pretrained(tiny)
     result = run_cli("sweep", _sweep_file(tiny))
@@ -102,6 +106,11 @@ def test_a_killed_sweep_resumes_where_it_stopped(tiny: Path) -> None:
     assert (tiny / SWEEP_DIR / "trials/000/run.json").read_text() == first_run  # the finished one kept
     resumed = read_json(second / "run.json")
     assert resumed["status"] == "completed" and resumed["resumed"][0]["step"] > 0  # continued, not restarted
+
+    # and it ends as the same sweep never stopped would: the same values, trial for trial
+    reference = run_cli("sweep", sweep, "--run-dir", "runs/reference", "--quiet")
+    assert reference.exit_code == 0, reference.output
+    assert _table(tiny / SWEEP_DIR) == _table(tiny / "runs/reference")
 
 
 @pytest.mark.parametrize("change, expected", [

@@ -136,6 +136,19 @@ def test_sweep_file_errors_exit_2_with_one_clear_line(tiny: Path, change: dict, 
     assert result.exit_code == 2, result.output
     assert expected in result.stderr and "Traceback" not in result.output
     assert not (tiny / "runs").exists()  # nothing written, no pretrained run needed to say so
+    checked = run_cli("validate", path.relative_to(tiny))  # transfer validate makes the same checks
+    assert checked.exit_code == 2 and expected in checked.stderr
+
+
+def test_validate_checks_a_sweep_file_without_running_it(tiny: Path) -> None:
+    path = write_yaml(tiny / "configs/tiny/lr.yaml", {
+        "base": "pretrain.yaml", "stage": "pretrain", "objective": "val/loss", "method": "grid",
+        "space": {"optim.lr": {"values": [0.01, 0.1]}, "model.params.kernel_size": {"values": [3, 5]}}})
+    result = run_cli("validate", path, "--json")
+    assert result.exit_code == 0, result.output
+    assert result.json() == {"sweep": "lr", "valid": True, "base": str(path.parent / "pretrain.yaml"),
+                             "stage": "pretrain", "direction": "minimize", "trials": 4}
+    assert not (tiny / "runs").exists()
 
 
 @pytest.mark.slow  # two worker processes start (about 25 s on the shared 2 cores)

@@ -237,7 +237,8 @@ def validate(
     run_dir: Optional[str] = RunDirOpt, sets: Optional[List[str]] = SetOpt, json_out: bool = JsonOpt,
     quiet: bool = QuietOpt, debug: bool = DebugOpt,
 ) -> None:
-    """Check a config and build everything it names (data, model, weights); train nothing."""
+    """Check a config and build everything it names (data, model, weights); train nothing. A sweep
+    file: check it, its base config and every swept value on it."""
 
     def action(console: Any) -> Any:
         from transfer_cli.config.resolve import guess_stage, load_experiment, read_sources
@@ -245,7 +246,12 @@ def validate(
         from transfer_cli.recipes.components import registries
         from transfer_cli.recipes.parts import RunOptions
         from transfer_cli.recipes.validate import validate_only
+        from transfer_cli.sweep.schema import is_sweep_file, read_sweep
 
+        if is_sweep_file(config):
+            from transfer_cli.sweep.run import validate_sweep
+
+            return validate_sweep(read_sweep(config), console)
         chosen = stage
         if chosen is None:
             chosen = guess_stage(read_sources(config, "finetune" if init_from else "evaluate" if checkpoint

@@ -77,6 +77,15 @@ def run_sweep(sweep: Sweep, opts: SweepOptions, console: Console) -> dict:
     return summary
 
 
+def validate_sweep(sweep: Sweep, console: Console) -> dict:
+    """`transfer validate SWEEP.yaml`: every check a sweep makes before its first trial; runs nothing."""
+    goal = check_sweep(sweep)
+    console.info(f"sweep {sweep.name} is valid: {sweep.config.method} over {', '.join(sweep.config.space)} on "
+                 f"{sweep.base} ({sweep.config.stage}), {sweep.config.objective} ({goal}), budget {_budget_line(sweep)}")
+    return {"sweep": sweep.name, "valid": True, "base": str(sweep.base), "stage": sweep.config.stage,
+            "direction": goal, "trials": sweep.trial_budget()}
+
+
 def _budget_line(sweep: Sweep) -> str:
     trials, minutes = sweep.trial_budget(), sweep.config.budget.minutes
     parts = ([f"{trials} trials"] if trials else []) + ([f"{minutes:g} minutes"] if minutes else [])

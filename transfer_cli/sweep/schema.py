@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from transfer_cli.config.loader import RawConfig
 from transfer_cli.config.schema import Section
 from transfer_cli.config.validate import render_errors
-from transfer_cli.config.yamlio import read_mapping
+from transfer_cli.config.yamlio import read_mapping, read_yaml
 from transfer_cli.core.errors import ConfigError
 
 SWEEP_EXAMPLE = "e.g. `base: finetune.yaml`, `space: {optim.lr: {low: 1.0e-4, high: 1.0e-1, log: true}}`"
@@ -164,3 +164,11 @@ def read_sweep(path: Path) -> Sweep:
         raise ConfigError([f"{sweep.origin('base')}: base: config file not found: {sweep.base} (relative to "
                            f"the sweep file's folder {path.parent})"], header=f"invalid sweep {path}")
     return sweep
+
+
+def is_sweep_file(path: Path) -> bool:
+    """Whether a YAML file is a sweep file (a mapping with `base` and `space`), for `transfer validate`."""
+    if not path.is_file():
+        return False
+    data, _lines = read_yaml(path)
+    return isinstance(data, dict) and "base" in data and "space" in data

@@ -186,3 +186,15 @@ def test_random_sweep_over_ranges_stays_in_bounds_and_resumes_to_its_budget(tiny
     again = run_cli("sweep", sweep, "--smoke", "--quiet", "--resume")
     assert again.exit_code == 0, again.output
     assert len(read_json(tiny / "runs/tiny/ranges/sweep.json")["trials"]) == 2
+
+
+def test_a_directory_that_is_not_a_sweep_is_never_replaced_or_resumed(tiny: Path) -> None:
+    path = write_yaml(tiny / "configs/tiny/lr.yaml", {
+        "base": "pretrain.yaml", "stage": "pretrain", "objective": "val/loss", "method": "grid",
+        "space": {"optim.lr": {"values": [0.01]}}})
+    keep = write_yaml(tiny / "runs/mine/notes.txt", "my notes")
+    for flag, message in (("--overwrite", "refusing to overwrite runs/mine: it is not a sweep directory"),
+                          ("--resume", "cannot resume runs/mine: it is not a sweep directory (no study.db)")):
+        result = run_cli("sweep", path, "--run-dir", "runs/mine", flag)
+        assert result.exit_code == 2 and message in result.stderr, result.output
+    assert keep.read_text() == "my notes" and sorted(p.name for p in keep.parent.iterdir()) == ["notes.txt"]

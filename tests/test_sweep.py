@@ -198,3 +198,15 @@ def test_a_directory_that_is_not_a_sweep_is_never_replaced_or_resumed(tiny: Path
         result = run_cli("sweep", path, "--run-dir", "runs/mine", flag)
         assert result.exit_code == 2 and message in result.stderr, result.output
     assert keep.read_text() == "my notes" and sorted(p.name for p in keep.parent.iterdir()) == ["notes.txt"]
+
+
+def test_an_objective_the_trials_do_not_report_stops_the_sweep_after_one_trial(tiny: Path) -> None:
+    path = write_yaml(tiny / "configs/tiny/r2.yaml", {
+        "base": "pretrain.yaml", "stage": "pretrain", "objective": "val/r2", "method": "grid",
+        "space": {"optim.lr": {"values": [0.01, 0.1]}}})
+    result = run_cli("sweep", path, "--smoke", "--quiet")
+    assert result.exit_code == 2, result.output
+    assert "objective: val/r2 is not in the trials' reports (their val metrics: val/loss, val/accuracy" \
+        in result.stderr
+    summary = read_json(tiny / "runs/tiny/r2/sweep.json")
+    assert [t["state"] for t in summary["trials"]] == ["failed"]  # one trial, not both

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from transfer_cli.core.console import Console
-from transfer_cli.core.errors import RunDirError, RunFailed, UsageError
+from transfer_cli.core.errors import ConfigError, RunDirError, RunFailed, UsageError
 from transfer_cli.runs import runlock
 from transfer_cli.sweep.results import trials_table, write_results
 from transfer_cli.sweep.schema import Sweep
@@ -127,7 +127,7 @@ def resume_stopped(sweep: Sweep, path: Path, study: Any, console: Console, smoke
     for frozen in trials_in(study, "RUNNING"):
         trial = optuna.trial.Trial(study, frozen._trial_id)
         outcome = run_trial(sweep, path, trial, console, smoke, frozenset(frozen.intermediate_values))
-        tell(study, trial, outcome)
+        _tell_or_stop(sweep, study, trial, outcome)
 
 
 def run_trials(sweep: Sweep, path: Path, study: Any, console: Console, smoke: bool) -> None:
@@ -143,7 +143,15 @@ def run_trials(sweep: Sweep, path: Path, study: Any, console: Console, smoke: bo
             console.info(f"time budget of {minutes:g} minutes spent: no new trial")
             return
         trial = study.ask(space)
-        tell(study, trial, run_trial(sweep, path, trial, console, smoke))
+        _tell_or_stop(sweep, study, trial, run_trial(sweep, path, trial, console, smoke))
+
+
+def _tell_or_stop(sweep: Sweep, study: Any, trial: Any, outcome: Any) -> None:
+    """The outcome into the study; a fault every trial would have (the objective is not reported)
+    stops the sweep (exit 2) instead of failing each trial in turn."""
+    tell(study, trial, outcome)
+    if outcome.fatal:
+        raise ConfigError([outcome.error], header=f"invalid sweep {sweep.path}")
 
 
 def run_workers(sweep: Sweep, path: Path, opts: SweepOptions, console: Console) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -57,7 +57,7 @@ class Outcome:
     run_dir: str = ""
     error: Optional[str] = None
     pruned_at: Optional[int] = None
-    extra: dict = field(default_factory=dict)
+    fatal: bool = False  # every trial would fail the same way: the sweep stops
 
 
 def run_trial(sweep: Sweep, sweep_dir: Path, trial: Any, console: Console, smoke: bool = False,
@@ -87,10 +87,13 @@ def run_trial(sweep: Sweep, sweep_dir: Path, trial: Any, console: Console, smoke
         console.warn(f"trial {trial.number} failed: {one_line(exc)}")
         return Outcome("failed", run_dir=str(path), error=str(exc))
     metric = sweep.config.objective.split("/", 1)[1]
-    value = (report.get("metrics") or {}).get("val", {}).get(metric)
+    logged = (report.get("metrics") or {}).get("val", {})
+    value = logged.get(metric)
     if value is None:
-        return Outcome("failed", run_dir=str(path), error=f"the trial's report has no {sweep.config.objective} "
-                                                           f"(the objective needs a val split and the metric in eval.metrics)")
+        known = ", ".join(f"val/{name}" for name in logged) or "none: the data has no val split"
+        return Outcome("failed", run_dir=str(path), fatal=True, error=(
+            f"{sweep.origin('objective')}: objective: {sweep.config.objective} is not in the trials' reports (their "
+            f"val metrics: {known}); choose one of them, or add the metric to the base config's eval.metrics"))
     pruned_at = callback.pruned_at
     if pruned_at is None and "pruned" in str(report.get("stop_reason") or ""):  # pruned before a kill, resumed
         pruned_at = max(reported) if reported else None

@@ -86,6 +86,13 @@ def run_trial(sweep: Sweep, sweep_dir: Path, trial: Any, console: Console, smoke
     except (RunFailed, ConfigError, DataError) as exc:
         console.warn(f"trial {trial.number} failed: {one_line(exc)}")
         return Outcome("failed", run_dir=str(path), error=str(exc))
+    return _outcome(sweep, sweep_dir, trial.number, values, report, callback.pruned_at, reported)
+
+
+def _outcome(sweep: Sweep, sweep_dir: Path, number: int, values: dict, report: dict, pruned_at: Optional[int],
+             reported: frozenset[int]) -> Outcome:
+    """The trial's value from its report, and its state, also recorded in its run.json."""
+    path = trial_dir(sweep_dir, number)
     metric = sweep.config.objective.split("/", 1)[1]
     logged = (report.get("metrics") or {}).get("val", {})
     value = logged.get(metric)
@@ -94,12 +101,11 @@ def run_trial(sweep: Sweep, sweep_dir: Path, trial: Any, console: Console, smoke
         return Outcome("failed", run_dir=str(path), fatal=True, error=(
             f"{sweep.origin('objective')}: objective: {sweep.config.objective} is not in the trials' reports (their "
             f"val metrics: {known}); choose one of them, or add the metric to the base config's eval.metrics"))
-    pruned_at = callback.pruned_at
     if pruned_at is None and "pruned" in str(report.get("stop_reason") or ""):  # pruned before a kill, resumed
         pruned_at = max(reported) if reported else None
     state = "pruned" if pruned_at is not None else "complete"
     if path.is_dir():
-        RunDir(path).update_run(sweep_trial={"sweep": str(sweep_dir), "number": trial.number, "state": state,
+        RunDir(path).update_run(sweep_trial={"sweep": str(sweep_dir), "number": number, "state": state,
                                              "objective": sweep.config.objective, "value": value, "params": values,
                                              "pruned_at_evaluation": None if pruned_at is None else pruned_at + 1})
     return Outcome(state, float(value), str(path), pruned_at=pruned_at)

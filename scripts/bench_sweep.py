@@ -5,7 +5,7 @@ itself) and with feature caching off (the backbone runs every step), against a p
 loop in the same process (per learning rate: the frozen backbone under no_grad and the head, Adam,
 one validation pass per epoch).
 
-    python scripts/bench_sweep.py [--lrs 5] [--epochs 5] [--n-train 4000] [--repeats 3]
+    python scripts/bench_sweep.py [--lrs 5] [--epochs 5] [--n-train 4000] [--repeats 3] [--n-pretrain 10000]
 
 Prints, per mode, the CPU seconds of the whole sweep (this process and its children: steadier
 than wall time on a shared machine) and its wall seconds, median [min-max] over repeats (modes
@@ -127,13 +127,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n-pretrain", type=int, default=10000, help="source samples of the (one-epoch) pretrain")
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         pretrained = tmp / "pretrain"
         run(["pretrain", ROOT / "configs/quickstart/pretrain.yaml", "--run-dir", pretrained, "--quiet",
-             "--set", "train.epochs=1", "--set", "train.device=cpu"])
+             "--set", "train.epochs=1", "--set", "train.device=cpu", "--set", f"data.params.n_train={args.n_pretrain}"])
         files = {mode: write_sweep(tmp, mode, args, pretrained) for mode in MODES}
         results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
         plain: list[tuple[float, float]] = []

@@ -32,3 +32,12 @@ def test_bench_eval_tax_times_plain_and_engine_steps(tmp_path: Path) -> None:
     out = _script("scripts/bench_eval_tax.py", "--device", "cpu", "--steps", "4", "--eval-every", "2",
                   "--repeats", "1", "--config", str(config))
     assert "step  plain PyTorch loop" in out and "full/plain" in out
+
+
+@pytest.mark.slow  # ~25 s: three sweeps of two trials and the plain loop, in one process
+def test_bench_sweep_compares_the_feature_cache_modes_and_the_plain_loop() -> None:
+    out = _script("scripts/bench_sweep.py", "--lrs", "2", "--epochs", "1", "--n-train", "200", "--n-pretrain", "500",
+                  "--repeats", "1")
+    for mode in ("shared cache", "cache per trial", "no caching", "plain loop"):
+        assert mode in out
+    assert "the same in every mode: True" in out

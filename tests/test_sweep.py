@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import read_json, run_cli, write_yaml
 from reliability_tools import start_cli, wait_until
@@ -68,7 +69,13 @@ def test_grid_sweep_with_pruning_writes_the_table_and_a_best_config_that_reruns(
     assert summary["direction"] == "maximize" and summary["best"]["value"] == max(complete)
     table = (out / "sweep.md").read_text()
     assert table.count("\n| 0") == 6 and f"| {summary['best']['trial']:03d} | complete |" in table
-    assert (out / "study.db").is_file() and (out / "sweep.png").stat().st_size > 5000
+    assert (out / "study.db").is_file() and (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    # the three linear probes share one backbone and data: one set of features (train, val) for all
+    assert len(list((out / "features").glob("*.safetensors"))) == 2
+    probes = [r for r in rows if r["transfer.strategy"] == "linear_probe"]
+    for r in probes:
+        config = yaml.safe_load((Path(r["run_dir"]) / "config.yaml").read_text())
+        assert config["transfer"]["feature_cache_dir"] == str((out / "features").absolute())
     assert "sorted by val/accuracy" in result.stdout
 
     # best.yaml is plain YAML the finetune command runs, to the same objective value

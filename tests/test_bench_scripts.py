@@ -58,3 +58,12 @@ def test_bench_memory_compares_checkpointing_and_the_estimate_with_the_measured_
     assert set(rows) == {"plain", "full", "full+ckpt"}
     assert len(rows["full"]) == 8 and float(rows["full"][6]) > 0  # rise / estimate
     assert "rise full+ckpt / full:" in out and "rise full / plain:" in out
+
+
+@pytest.mark.slow  # ~25 s: three sweeps of two trials and the plain loop, in one process
+def test_bench_sweep_compares_the_feature_cache_modes_and_the_plain_loop() -> None:
+    out = _script("scripts/bench_sweep.py", "--lrs", "2", "--epochs", "1", "--n-train", "200", "--n-pretrain", "500",
+                  "--repeats", "1")
+    for mode in ("shared cache", "cache per trial", "no caching", "plain loop"):
+        assert mode in out
+    assert "the same in every mode: True" in out

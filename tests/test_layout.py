@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "transfer_cli"
 
 # lowest first; a module may import its own layer and the ones before it
 LAYERS = ("transfer_cli", "core", "dist", "config", "runs", "data", "models", "weights", "eval", "train", "report",
-          "export", "track", "recipes", "cli")
+          "export", "track", "recipes", "sweep", "cli")
 # imports that go up a layer on purpose, each with its reason
 UPWARD = {
     ("transfer_cli.core.console", "transfer_cli.dist.distributed"):

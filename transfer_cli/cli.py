@@ -237,7 +237,8 @@ def validate(
     run_dir: Optional[str] = RunDirOpt, sets: Optional[List[str]] = SetOpt, json_out: bool = JsonOpt,
     quiet: bool = QuietOpt, debug: bool = DebugOpt,
 ) -> None:
-    """Check a config and build everything it names (data, model, weights); train nothing."""
+    """Check a config and build everything it names (data, model, weights); train nothing. A sweep
+    file: check it, its base config and every swept value on it."""
 
     def action(console: Any) -> Any:
         from transfer_cli.config.resolve import guess_stage, load_experiment, read_sources
@@ -245,7 +246,12 @@ def validate(
         from transfer_cli.recipes.components import registries
         from transfer_cli.recipes.parts import RunOptions
         from transfer_cli.recipes.validate import validate_only
+        from transfer_cli.sweep.schema import is_sweep_file, read_sweep
 
+        if is_sweep_file(config):
+            from transfer_cli.sweep.run import validate_sweep
+
+            return validate_sweep(read_sweep(config), console)
         chosen = stage
         if chosen is None:
             chosen = guess_stage(read_sources(config, "finetune" if init_from else "evaluate" if checkpoint
@@ -358,6 +364,33 @@ def rank(
 
         opts = RunOptions(config_path=config, run_dir=run_dir, overwrite=overwrite)
         return rank_candidates(config, list(candidates or []), sets or [], opts, validate, console)
+
+    _execute(action, json_out, quiet, debug)
+
+
+@app.command()
+def sweep(
+    sweep_file: Path = typer.Argument(..., metavar="SWEEP.yaml", help="A sweep file: base config, space, method, "
+                                                                      "budget, objective, pruning."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Write the sweep here (default: runs/<sweep "
+                                                                 "folder>/<sweep name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a stopped sweep: finished trials kept, the "
+                                                        "interrupted one continued."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing sweep directory."),
+    parallel: int = typer.Option(1, "--parallel", min=1, metavar="N", help="Run trials in N processes on this "
+                                                                           "machine (one shared sqlite study)."),
+    smoke: bool = SmokeOpt, json_out: bool = JsonOpt, quiet: bool = QuietOpt, debug: bool = DebugOpt,
+    worker: bool = typer.Option(False, "--worker", hidden=True),
+) -> None:
+    """Search hyperparameters: many finetune (or pretrain) trials of one base config, pruned, resumable,
+    with one table of all trials and the best config written out."""
+
+    def action(console: Any) -> Any:
+        from transfer_cli.sweep.run import SweepOptions, run_sweep
+        from transfer_cli.sweep.schema import read_sweep
+
+        opts = SweepOptions(run_dir, resume, overwrite, parallel, smoke, worker)
+        return run_sweep(read_sweep(sweep_file), opts, console)
 
     _execute(action, json_out, quiet, debug)
 

@@ -8,7 +8,7 @@ a finetune/evaluate starts from (under everything else), then validation and sta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 from transfer_cli.config.loader import RawConfig, apply_sets, load_raw
 from transfer_cli.config.schema import Experiment, absolute_ref
@@ -19,7 +19,7 @@ from transfer_cli.core.errors import ConfigError, UsageError
 Stage = Literal["pretrain", "finetune", "evaluate"]
 
 
-def _layer(keypath: tuple[str, ...], value: object, origin: str) -> RawConfig:
+def key_layer(keypath: tuple[str, ...], value: object, origin: str) -> RawConfig:
     data: dict = {}
     node = data
     for part in keypath[:-1]:
@@ -30,20 +30,24 @@ def _layer(keypath: tuple[str, ...], value: object, origin: str) -> RawConfig:
 
 def read_sources(source: Path, stage: Stage, sets: list[str], init_from: Optional[str] = None,
                  checkpoint: Optional[str] = None, split: Optional[str] = None,
-                 seeds: Optional[list[int]] = None, baseline: Optional[str] = None) -> RawConfig:
-    """The raw config for `source` (a YAML file, or for evaluate a run directory)."""
+                 seeds: Optional[list[int]] = None, baseline: Optional[str] = None,
+                 layers: Sequence[RawConfig] = ()) -> RawConfig:
+    """The raw config for `source` (a YAML file, or for evaluate a run directory). `layers`: more
+    overrides after the `--set` ones, each with its own origin (a sweep's trial values)."""
     if source.is_dir():
         if stage != "evaluate":
             raise UsageError(f"{source} is a directory; `transfer {stage}` takes a config file")
         if not (source / "config.yaml").is_file():
             raise UsageError(f"{source} is not a run directory (no config.yaml)")
         raw = load_raw(source / "config.yaml", **run_config_naming(source))
-        raw = _keep_source(raw, raw.merged(_layer(("eval", "checkpoint"), str(source), f"run dir {source}")))
+        raw = _keep_source(raw, raw.merged(key_layer(("eval", "checkpoint"), str(source), f"run dir {source}")))
     elif not source.exists():
         raise UsageError(f"config file not found: {source}")
     else:
         raw = load_raw(source)
     raw = apply_sets(raw, sets)
+    for layer in layers:
+        raw = _keep_source(raw, raw.merged(layer))
     shortcuts = [(("transfer", "init_from"), init_from, "--init-from"),
                  (("eval", "checkpoint"), checkpoint, "--checkpoint"), (("eval", "split"), split, "--split"),
                  (("transfer", "seeds"), seeds, "--seeds"), (("transfer", "baseline"), baseline, "--baseline")]
@@ -51,7 +55,7 @@ def read_sources(source: Path, stage: Stage, sets: list[str], init_from: Optiona
         shortcuts.pop()  # the config's baseline is a scratch baseline already, with a budget of its own
     for keypath, value, flag in shortcuts:
         if value is not None:
-            raw = _keep_source(raw, raw.merged(_layer(keypath, value, f"{flag} {value}")))
+            raw = _keep_source(raw, raw.merged(key_layer(keypath, value, f"{flag} {value}")))
     return raw
 
 
@@ -177,7 +181,7 @@ def _ref_problems(ref: Optional[str], key: str, flag: str, origin: str) -> list[
 
 def load_experiment(source: Path, stage: Stage, sets: list[str], registries: dict, **flags: object) -> Experiment:
     """Everything the command line says, validated for `stage`; all problems in one ConfigError.
-    `flags`: init_from, checkpoint, split, seeds, baseline (the CLI's shortcuts)."""
+    `flags`: init_from, checkpoint, split, seeds, baseline (the CLI's shortcuts), layers."""
     raw = read_sources(source, stage, sets, **flags)
     ref = starting_ref(raw, stage)
     raw = inherit_architecture(raw, absolute_ref(ref) if ref else None)

@@ -32,7 +32,7 @@ def validate(raw: RawConfig, registries: dict[str, Registry]) -> Experiment:
     try:
         experiment = Experiment.model_validate(raw.data)
     except ValidationError as exc:
-        problems += _render(exc, Experiment, (), raw)
+        problems += render_errors(exc, Experiment, (), raw)
     _validate_metric_names(raw, registries["metric"], problems)
     resolved_params = {}
     for section in COMPONENTS:
@@ -71,7 +71,7 @@ def _validate_params(raw: RawConfig, section: str, registry: Registry, problems:
     try:
         return entry.params.model_validate(params).model_dump(mode="json")
     except ValidationError as exc:
-        problems += _render(exc, entry.params, (section, "params"), raw)
+        problems += render_errors(exc, entry.params, (section, "params"), raw)
         return None
 
 
@@ -124,7 +124,7 @@ def _union_merged(errors: list[dict]) -> list[dict]:
     return [e for e in out if not (e.get("member") and e["loc"] in deep and isinstance(e.get("input"), dict))]
 
 
-def _render(exc: ValidationError, model: type[BaseModel], prefix: Loc, raw: RawConfig) -> list[str]:
+def render_errors(exc: ValidationError, model: type[BaseModel], prefix: Loc, raw: RawConfig) -> list[str]:
     out = []
     for err in _union_merged(exc.errors()):
         loc = prefix + tuple(err["loc"])

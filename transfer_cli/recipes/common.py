@@ -53,6 +53,8 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
         started = distributed.on_main(begin)
         tracking = Tracking.open(run, exp, stage, lineage, console, resume_at=state.step if opts.resume else None)
         trainer.add_callback(tracking)
+        for callback in opts.callbacks:
+            trainer.add_callback(callback)
         run.update_run(strategy={"name": exp.transfer.strategy, "phases": phases_summary(trainer.plan)},
                        memory=trainer.memory)
         console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {trainer.total} steps "

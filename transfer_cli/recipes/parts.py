@@ -46,6 +46,8 @@ class RunOptions:
     smoke: bool = False
     from_run: Optional[Path] = None
     predictions: Optional[Path] = None
+    #: engine callbacks the caller adds to the training (a sweep's report to its Optuna trial)
+    callbacks: tuple = ()
 
     @property
     def mode(self) -> str:

@@ -256,3 +256,26 @@ def _save(figure: Any, path: Path) -> str:
     figure.savefig(tmp, format="png")
     os.replace(tmp, path)
     return f"{PLOTS_DIR}/{path.name}"
+
+
+def sweep_figure(rows: list[dict[str, Any]], space: dict[str, Any], objective: str, path: Path) -> None:
+    """A sweep's objective against each swept key, one panel per key: complete trials as dots,
+    pruned ones as crosses (their value is that of their best weights); choices at even spacing,
+    log ranges on a log axis."""
+    keys = list(space)
+    figure, axes = _figure(ncols=len(keys), size=(3.6 * len(keys) + 0.6, 3.4))
+    for ax, key in zip(axes, keys):
+        choices = getattr(space[key], "values", None)
+        for state, marker in (("complete", "o"), ("pruned", "x")):
+            shown = [r for r in rows if r["state"] == state and r["value"] is not None]
+            xs = [choices.index(r["params"][key]) if choices is not None else r["params"][key] for r in shown]
+            ax.plot(xs, [r["value"] for r in shown], marker, linestyle="none", alpha=0.8, label=state)
+        if choices is not None:
+            ax.set_xticks(range(len(choices)), labels=[str(c) for c in choices])
+        elif getattr(space[key], "log", False):
+            ax.set_xscale("log")
+        ax.set(xlabel=key, ylabel=metric_label(objective) if ax is axes[0] else None)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"{objective} of each trial against each swept key", fontsize=10)
+    _save(figure, path)

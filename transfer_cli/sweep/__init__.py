@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps over a base config (transfer sweep)."""

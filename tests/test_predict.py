@@ -133,6 +133,16 @@ def test_missing_feature_column_is_named_and_nothing_is_written(table_run: tuple
     assert not (tmp / "p.csv").exists()
 
 
+def test_empty_feature_cell_names_the_line_and_asks_to_fill_it(table_run: tuple[Path, list[dict]]) -> None:
+    """The features are the run's: the fix is to fill the cell, not to drop the column from a config."""
+    tmp, _ = table_run
+    (tmp / "new.csv").write_text("length,width,density,weight\n1.0,2.0,0.5,10\n1.0,,0.5,10\n")
+    result = run_cli("predict", "runs/t", "new.csv", "--out", "p.csv")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "new.csv): line 3, column 'width' is empty; fill it in (the model was trained on" in result.stderr
+    assert "data.params.features" not in result.stderr and not (tmp / "p.csv").exists()
+
+
 def test_existing_output_is_kept_without_overwrite(table_run: tuple[Path, list[dict]]) -> None:
     tmp, evaluated = table_run
     _without_label(tmp / "test.csv", tmp / "new.csv", ["length", "width", "density", "weight"])

@@ -178,11 +178,12 @@ def bert_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(tmp_path / "bert")
 
-    def finetune(pooling: str) -> Path:
+    def finetune(pooling: str, **params: object) -> Path:
         write_yaml(tmp_path / "cfg.yaml", {
             "run_dir": f"runs/{pooling}", "optim": {"lr": 0.001}, "train": {"epochs": 1, "device": "cpu"},
             "data": {"name": "text_csv", "params": {"path": "reviews.csv", "text": "review", "label": "sentiment",
-                                                    "tokenizer": "tokenizer.json", "max_length": 16}, "batch_size": 8},
+                                                    "tokenizer": "tokenizer.json", "max_length": 16, **params},
+                     "batch_size": 8},
             "model": {"name": "hf_encoder", "params": {"path": "bert", "pooling": pooling}}})
         result = run_cli("finetune", "cfg.yaml", "-q")
         assert result.exit_code == 0, result.output
@@ -227,6 +228,21 @@ def test_hf_export_of_mean_pooling_is_refused_and_onnx_carries_the_tokenizer(ber
     tokenizers = pytest.importorskip("tokenizers")
     encoded = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json")).encode("a great film")
     assert len(encoded.ids) == 16 and encoded.attention_mask[-1] == 0  # padding to max_length is built in
+
+
+def test_exported_tokenizer_pads_with_the_runs_pad_token(bert_run) -> None:
+    """A pad_token the run chose (here [SEP], where the default guess is [PAD]) pads the exported
+    tokenizer.json, as it padded the training texts; preprocess.json names it."""
+    run = bert_run("mean", pad_token="[SEP]")
+    assert read_json(run / "run.json")["data"]["pad_token"] == "[SEP]"
+    folder = Path(_export(run, "torchscript")["out"])
+    spec = read_json(folder / "preprocess.json")
+    assert spec["text"]["pad_token"] == "[SEP]"
+    tokenizers = pytest.importorskip("tokenizers")
+    exported = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    encoded = exported.encode("a great film")
+    assert exported.padding["pad_token"] == "[SEP]"
+    assert encoded.ids[-1] == exported.token_to_id("[SEP]") != exported.token_to_id("[PAD]")
 
 
 # ---- refusals ---------------------------------------------------------------------------------------

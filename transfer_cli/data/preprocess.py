@@ -72,6 +72,7 @@ def _image(params: dict, name: str) -> dict:
 
 def _text(params: dict, name: str) -> dict:
     return {"column": params.get("text"), "tokenizer": params.get("tokenizer"), "max_length": params.get("max_length"),
+            "pad_token": params.get("pad_token"),  # fitted at training: the tokenizer's own or the one chosen
             "layout": "x[:, 0] token ids, x[:, 1] attention mask (1 = token, 0 = padding), each padded and "
                       "truncated to max_length"}
 

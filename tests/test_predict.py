@@ -282,6 +282,18 @@ def test_text_csv_with_a_local_encoder(tmp_path: Path, monkeypatch: pytest.Monke
     _same_as_evaluate(_rows(tmp_path / "evaluated.csv"), _rows(tmp_path / "p.csv"))
     assert read_json(tmp_path / "runs" / "t" / "run.json")["data"]["class_names"] == ["negative", "positive"]
 
+    # the tokenizer file changes after training (here: retrained with one more word): the ids no
+    # longer mean what the model learned, so predict, evaluate and export refuse it in one line
+    make_word_tokenizer(tmp_path / "tokenizer.json", texts + ["zebra"])
+    for args in (("predict", "runs/t", "new.csv", "--out", "q.csv"), ("evaluate", "runs/t"),
+                 ("export", "runs/t", "--format", "torchscript")):
+        refused = run_cli(*args)
+        assert refused.exit_code == 2, refused.output
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.output
+        assert "data.params.tokenizer: " in refused.stderr
+        assert "tokenizer.json is not the tokenizer the run was trained with (sha256 " in refused.stderr
+    assert not (tmp_path / "q.csv").exists() and not (tmp_path / "runs" / "t" / "export").exists()
+
 
 # ---- the built-in data: an .npz of x -------------------------------------------------------------
 def test_builtin_motifs_run_predicts_an_npz(tiny: Path) -> None:

@@ -284,6 +284,7 @@ def test_text_csv_with_a_local_encoder(tmp_path: Path, monkeypatch: pytest.Monke
 
     # the tokenizer file changes after training (here: retrained with one more word): the ids no
     # longer mean what the model learned, so predict, evaluate and export refuse it in one line
+    trained_with = (tmp_path / "tokenizer.json").read_bytes()
     make_word_tokenizer(tmp_path / "tokenizer.json", texts + ["zebra"])
     for args in (("predict", "runs/t", "new.csv", "--out", "q.csv"), ("evaluate", "runs/t"),
                  ("export", "runs/t", "--format", "torchscript")):
@@ -293,6 +294,15 @@ def test_text_csv_with_a_local_encoder(tmp_path: Path, monkeypatch: pytest.Monke
         assert "data.params.tokenizer: " in refused.stderr
         assert "tokenizer.json is not the tokenizer the run was trained with (sha256 " in refused.stderr
     assert not (tmp_path / "q.csv").exists() and not (tmp_path / "runs" / "t" / "export").exists()
+    resumed = run_cli("finetune", "cfg.yaml", "--resume")
+    assert resumed.exit_code == 2 and "tokenizer_sha256" in resumed.stderr  # the config differs: refused too
+
+    # a run from before the hash was recorded still resumes (its config.yaml lacks the key)
+    (tmp_path / "tokenizer.json").write_bytes(trained_with)
+    config = tmp_path / "runs" / "t" / "config.yaml"
+    config.write_text("\n".join(line for line in config.read_text().splitlines() if "tokenizer_sha256" not in line))
+    resumed = run_cli("finetune", "cfg.yaml", "--resume")
+    assert resumed.exit_code == 0, resumed.output
 
 
 # ---- the built-in data: an .npz of x -------------------------------------------------------------

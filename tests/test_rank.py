@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from conftest import read_json, run_cli, write_yaml
 
@@ -137,6 +137,35 @@ def test_features_are_shared_with_a_later_linear_probe(here: Path):
                     "--set", "transfer.strategy=linear_probe", *sets)
     assert probe.exit_code == 0, probe.output
     assert "features of the train split read from" in probe.stdout
+
+
+def test_a_weights_files_head_takes_the_task_of_the_run_that_wrote_it(here: Path):
+    """A regression source's head is no classifier, named as its run or as the weights file inside
+    that run; a one-output head of a file outside any run is not guessed to be binary."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 1, 96)).astype("float32")
+    np.savez(here / "reg.npz", x=x, y=x.mean(axis=(1, 2)).astype("float32"))
+    write_yaml(here / "configs" / "reg.yaml", {
+        "seed": 0, "model": ARCH, "optim": {"lr": 0.003}, "train": {"epochs": 1, "device": "cpu"},
+        "loss": {"name": "mse"}, "data": {"name": "tensors", "params": {"path": "reg.npz", "task": "regression",
+                                                                         "val_fraction": 0.25}, "batch_size": 20}})
+    assert run_cli("pretrain", "configs/reg.yaml", "--run-dir", "runs/reg", "-q").exit_code == 0
+    inside = "runs/reg/checkpoints/best/model.safetensors"
+    save_file(load_file(str(here / inside)), str(here / "loose.safetensors"))
+    result = run_cli("rank", "configs/target.yaml", "runs/reg", inside, "loose.safetensors",
+                     "runs/source/checkpoints/last/model.safetensors", "--run-dir", "runs/rank/heads", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    by = {c["candidate"]: c for c in result.json()["candidates"]}
+    for ref in ("runs/reg", inside):
+        assert by[ref]["scores"]["nce"] is None and by[ref]["scores"]["leep"] is None
+        assert by[ref]["not_applicable"]["leep"].endswith("(the source task is regression)")
+    assert by["loose.safetensors"]["scores"]["nce"] is None
+    assert "may be binary or regression" in by["loose.safetensors"]["not_applicable"]["nce"]
+    source = by["runs/source/checkpoints/last/model.safetensors"]
+    assert source["scores"]["leep"] is not None
+    assert source["source_head"] == {"task": "multiclass", "classes": 10, "task_from": "run.json"}
 
 
 @pytest.mark.parametrize("args,message", [

@@ -190,7 +190,7 @@ def score_candidate(cand: Candidate, data: DataBundle, device: torch.device, con
               "feature_dim": stats.dim, "samples": stats.n, "extraction_seconds": round(extraction, 3),
               "score_seconds": round(time.perf_counter() - tic, 3), "features_from_cache": from_cache,
               "scores": scores, "not_applicable": na,
-              "source_head": None if head.get("task") is None else {k: head[k] for k in ("task", "classes")}}
+              "source_head": None if head.get("task") is None else {k: head[k] for k in ("task", "classes", "task_from")}}
     shown = ", ".join(f"{name} {value:.4g}" for name, value in scores.items() if value is not None)
     console.info(f"rank: {cand.label}: {shown}; {stats.dim} features of {stats.n} samples in {extraction:.2f} s"
                  + (" (features read from the cache)" if from_cache else ""))
@@ -211,23 +211,39 @@ def load_candidate(cand: Candidate, model: TransferModel) -> tuple[dict, dict]:
 
 
 def source_head(cand: Candidate, tensors: dict, feature_dim: int) -> dict:
-    """The candidate's own head as a classifier over the target's features, if it is one: a run's
-    task is in its run.json; a weights file's head is taken for a softmax classifier."""
+    """The candidate's own head as a classifier over the target's features, if it is one: the task
+    is read from the run.json of the run that wrote the weights (a run, or a weights file inside a
+    run's checkpoints/); a weights file of no run: several outputs are taken for a softmax classifier,
+    one output is refused (binary or regression cannot be told apart)."""
     weight, bias = tensors.get("head.weight"), tensors.get("head.bias")
     if weight is None or weight.ndim != 2:
         return {"reason": NO_SOURCE_HEAD + " (the weights hold no head)"}
     if weight.shape[1] != feature_dim:
         return {"reason": NO_SOURCE_HEAD + f" (its head takes {weight.shape[1]} features, the backbone gives "
                                            f"{feature_dim})"}
-    task = "multiclass" if weight.shape[0] > 1 else "binary"
-    if cand.kind == "run":
-        folder = Path(cand.ref.rpartition("@")[0] if cand.ref.endswith(("@last", "@best")) else cand.ref)
-        task = (RunDir(folder).read_run().get("data") or {}).get("task") or task
+    run = owning_run(cand)
+    task = (RunDir(run).read_run().get("data") or {}).get("task") if run is not None else None
+    task_from = "run.json" if task else "assumed from the head's shape (a weights file of no run)"
+    if task is None and weight.shape[0] == 1:
+        return {"reason": NO_SOURCE_HEAD + " (a one-output head of a weights file outside a run may be binary or "
+                                           "regression; give the run directory that trained it)"}
+    task = task or "multiclass"
     if task not in ("multiclass", "binary"):
         return {"reason": NO_SOURCE_HEAD + f" (the source task is {task})"}
     bias = bias if bias is not None else torch.zeros(weight.shape[0])
     classes = 2 if task == "binary" else weight.shape[0]
-    return {"weight": weight.double(), "bias": bias.double(), "task": task, "classes": classes}
+    return {"weight": weight.double(), "bias": bias.double(), "task": task, "classes": classes,
+            "task_from": task_from}
+
+
+def owning_run(cand: Candidate) -> Optional[Path]:
+    """The run directory of a run candidate, or of a weights file inside <run>/checkpoints/<name>/."""
+    if cand.kind == "run":
+        return Path(cand.ref.rpartition("@")[0] if cand.ref.endswith(("@last", "@best")) else cand.ref)
+    path = Path(cand.ref)
+    if len(path.parents) >= 3 and path.parents[1].name == "checkpoints" and (path.parents[2] / "run.json").is_file():
+        return path.parents[2]
+    return None
 
 
 def source_probabilities(features: torch.Tensor, head: dict) -> torch.Tensor:

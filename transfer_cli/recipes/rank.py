@@ -290,7 +290,11 @@ def accumulate(model: TransferModel, exp: Experiment, data: DataBundle, train: A
 
 def compute_scores(stats: FeatureStatistics, task: str, head: dict) -> tuple[dict, dict]:
     """{score: value or None}, {score: why it does not apply}."""
-    scores: dict[str, Optional[float]] = {"logme": stats.logme()}
+    try:
+        scores: dict[str, Optional[float]] = {"logme": stats.logme()}
+    except ValueError:
+        raise DataError(f"transfer rank: every target of the training split is 0 ({task}); LogME has nothing to "
+                        f"score: check the data's label or target columns") from None
     na: dict[str, str] = {}
     single_label = task in ("multiclass", "binary")
     scores["hscore"] = stats.hscore() if single_label else None

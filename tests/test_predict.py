@@ -121,6 +121,13 @@ def test_weights_file_needs_the_config_that_trained_it(table_run: tuple[Path, li
     assert not (tmp / "p.csv").exists()
     _predict(str(weights), "new.csv", "--out", "p.csv", "--config", "runs/t/config.yaml")
     _same_as_evaluate(evaluated, _rows(tmp / "p.csv"))
+    # a config of another architecture (hidden 8, not 16): said so, not blamed on the classes
+    other = (tmp / "runs" / "t" / "config.yaml").read_text().replace("- 16", "- 8")
+    (tmp / "other.yaml").write_text(other)
+    refused = run_cli("predict", str(weights), "new.csv", "--out", "q.csv", "--config", "other.yaml")
+    assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "does not fit the model (it is another architecture than the config's model" in refused.stderr
+    assert "number of classes" not in refused.stderr and not (tmp / "q.csv").exists()
 
 
 def test_missing_feature_column_is_named_and_nothing_is_written(table_run: tuple[Path, list[dict]]) -> None:

@@ -150,6 +150,14 @@ def test_empty_feature_cell_names_the_line_and_asks_to_fill_it(table_run: tuple[
     assert "data.params.features" not in result.stderr and not (tmp / "p.csv").exists()
 
 
+def test_a_folder_for_a_csv_run_says_a_file_is_expected(table_run: tuple[Path, list[dict]]) -> None:
+    tmp, _ = table_run
+    (tmp / "rows").mkdir()
+    result = run_cli("predict", "runs/t", "rows", "--out", "p.csv")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "INPUTS: rows is a folder, but a file is expected here; give the file" in result.stderr
+
+
 def test_existing_output_is_kept_without_overwrite(table_run: tuple[Path, list[dict]]) -> None:
     tmp, evaluated = table_run
     _without_label(tmp / "test.csv", tmp / "new.csv", ["length", "width", "density", "weight"])

@@ -38,6 +38,7 @@ from transfer_cli.runs.provenance import device_name, now
 from transfer_cli.runs.rundir import RunDir
 from transfer_cli.train.features import FeatureStore, feature_batches, feature_key
 from transfer_cli.train.seeding import seed_everything
+from transfer_cli.weights.files import resolve_weights
 from transfer_cli.weights.load import load_initial_weights
 
 NO_SOURCE_HEAD = "n/a: no classification source head"
@@ -155,6 +156,8 @@ def candidate_kind(ref: str) -> tuple[str, Path]:
         return "run", path
     if (path / "config.json").is_file() and path == Path(ref):
         return "hf_folder", path
+    if (path / "run.json").is_file():  # a run of a stage without weights (evaluate, rank)
+        resolve_weights(ref)  # says which stage it is, in one line
     raise UsageError(f"candidate {ref}: {path} is a directory but neither a run directory (no checkpoints/) nor a "
                      f"Hugging Face model folder (no config.json); expected one of those or a weights file")
 

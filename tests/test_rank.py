@@ -133,6 +133,8 @@ def test_features_are_shared_with_a_later_linear_probe(here: Path):
     second = run_cli("rank", "configs/target.yaml", "runs/source", "--run-dir", "runs/rank/c2", "--json", *sets)
     assert second.json()["candidates"][0]["features_from_cache"] is True
     assert second.json()["candidates"][0]["scores"] == pytest.approx(first.json()["candidates"][0]["scores"])
+    assert "extracted in" in first.stderr and "(kept in " in first.stderr
+    assert "read from the feature cache " in second.stderr and "(the backbone did not run)" in second.stderr
     probe = run_cli("finetune", "configs/target.yaml", "--init-from", "runs/source", "--run-dir", "runs/probe",
                     "--set", "transfer.strategy=linear_probe", *sets)
     assert probe.exit_code == 0, probe.output
@@ -166,6 +168,30 @@ def test_a_weights_files_head_takes_the_task_of_the_run_that_wrote_it(here: Path
     source = by["runs/source/checkpoints/last/model.safetensors"]
     assert source["scores"]["leep"] is not None
     assert source["source_head"] == {"task": "multiclass", "classes": 10, "task_from": "run.json"}
+
+
+def test_image_folder_features_are_said_not_to_be_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Data decoded from files is not kept in transfer.feature_cache_dir: rank says so rather than
+    let the user count on a cache that stays empty."""
+    from scripts.make_example_data import make_shapes
+
+    monkeypatch.chdir(tmp_path)
+    make_shapes(tmp_path / "shapes", per_class=4, size=16)
+    model = {"name": "resnet", "params": {"widths": [4]}}
+    write_yaml(tmp_path / "images.yaml", {
+        "seed": 0, "model": model, "train": {"epochs": 1, "device": "cpu"},
+        "data": {"name": "image_folder", "params": {"path": "shapes", "size": 12, "workers": 0}, "batch_size": 8},
+        "transfer": {"feature_cache_dir": "features"}})
+    from transfer_cli.models import MODELS
+
+    backbone = MODELS.build("resnet", MODELS.get("resnet").params(**model["params"]), input_shape=(3, 12, 12),
+                            num_outputs=3)
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items() if not k.startswith("head.")},
+              str(tmp_path / "random.safetensors"))
+    result = run_cli("rank", "images.yaml", "random.safetensors", "--run-dir", "runs/rank/images")
+    assert result.exit_code == 0, result.output
+    assert f"(not kept in {tmp_path / 'features'}: only data held in memory is cached on disk" in result.output
+    assert not (tmp_path / "features").exists()
 
 
 @pytest.mark.parametrize("args,message", [

@@ -36,7 +36,7 @@ from transfer_cli.report.headline import SCHEMA_VERSION
 from transfer_cli.report.ranking import SCORES, ranking_markdown, ranking_table
 from transfer_cli.runs.provenance import device_name, now
 from transfer_cli.runs.rundir import RunDir
-from transfer_cli.train.features import FeatureStore, feature_batches, feature_key
+from transfer_cli.train.features import FeatureStore, feature_batches, feature_key, feature_key_applies
 from transfer_cli.train.seeding import seed_everything
 from transfer_cli.weights.files import resolve_weights
 from transfer_cli.weights.load import load_initial_weights
@@ -195,9 +195,22 @@ def score_candidate(cand: Candidate, data: DataBundle, device: torch.device, con
               "scores": scores, "not_applicable": na,
               "source_head": None if head.get("task") is None else {k: head[k] for k in ("task", "classes", "task_from")}}
     shown = ", ".join(f"{name} {value:.4g}" for name, value in scores.items() if value is not None)
-    console.info(f"rank: {cand.label}: {shown}; {stats.dim} features of {stats.n} samples in {extraction:.2f} s"
-                 + (" (features read from the cache)" if from_cache else ""))
+    console.info(f"rank: {cand.label}: {shown}; {stats.dim} features of {stats.n} samples "
+                 + cache_note(exp.transfer.feature_cache_dir, from_cache, train, extraction))
     return result
+
+
+def cache_note(folder: Optional[str], from_cache: bool, train: Any, seconds: float) -> str:
+    """How the features were had: read from the cache (no backbone pass), or extracted (and kept
+    in the cache, or why not)."""
+    if from_cache:
+        return f"read from the feature cache {folder} in {seconds:.2f} s (the backbone did not run)"
+    note = f"extracted in {seconds:.2f} s"
+    if folder and feature_key_applies(train):
+        return note + f" (kept in {folder} for a later linear probe)"
+    if folder:
+        return note + f" (not kept in {folder}: only data held in memory is cached on disk, not {type(train).__name__})"
+    return note
 
 
 def load_candidate(cand: Candidate, model: TransferModel) -> tuple[dict, dict]:

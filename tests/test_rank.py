@@ -194,6 +194,21 @@ def test_image_folder_features_are_said_not_to_be_cached(tmp_path: Path, monkeyp
     assert not (tmp_path / "features").exists()
 
 
+def test_candidate_labels_and_validate_folders_are_short():
+    from transfer_cli.recipes.rank import folder_name, short_labels
+
+    refs = ["runs/a/pretrain", "runs/b/pretrain", "random.safetensors", "runs/a/pretrain@last",
+            "runs/reg", "runs/reg/checkpoints/best/model.safetensors"]
+    labels = short_labels(refs)
+    assert labels == ["a/pretrain", "b/pretrain", "random.safetensors", "a/pretrain@last", "reg", "model.safetensors"]
+    assert [folder_name(i, label) for i, label in enumerate(labels)] == [
+        "00-a-pretrain", "01-b-pretrain", "02-random", "03-a-pretrain-last", "04-reg", "05-model"]
+    # each label as short as its own path allows (was: every label as deep as the deepest needed)
+    assert short_labels(["runs/x", "runs/a/checkpoints/best/model.safetensors",
+                         "runs/b/checkpoints/best/model.safetensors"]) == [
+        "x", "a/checkpoints/best/model.safetensors", "b/checkpoints/best/model.safetensors"]
+
+
 @pytest.mark.parametrize("args,message", [
     ((), "no candidates"),
     (("runs/missing",), "candidate runs/missing: no such run directory, weights file or Hugging Face model folder"),

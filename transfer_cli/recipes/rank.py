@@ -163,11 +163,24 @@ def candidate_kind(ref: str) -> tuple[str, Path]:
 
 
 def short_labels(refs: list[str]) -> list[str]:
-    from transfer_cli.report.compare import short_labels as path_labels
-
+    """Each candidate's label: the shortest trailing part of its path that no other candidate's
+    path ends with (runs/a/pretrain, runs/b/pretrain, x.safetensors -> a/pretrain, b/pretrain,
+    x.safetensors), then its @last/@best as given."""
     bare = [r.rpartition("@")[0] if r.endswith(("@last", "@best")) else r for r in refs]
-    labels = path_labels([Path(b) for b in bare])
+    parts = [Path(b).absolute().parts for b in bare]
+    labels = []
+    for i, own in enumerate(parts):
+        others = [p for p in parts if p != own]  # the same run named @last and @best: told apart by that
+        depth = next((d for d in range(1, len(own) + 1) if all(p[-d:] != own[-d:] for p in others)), None)
+        labels.append("/".join(own[-depth:]) if depth else str(Path(bare[i]).absolute()))
     return [label + ref[len(b):] for label, ref, b in zip(labels, refs, bare)]
+
+
+def folder_name(index: int, label: str) -> str:
+    """A --validate run's folder: NN-label with the path's separators and @ as dashes, without a
+    weights file's extension (00-source-last, 01-a-pretrain, 02-random)."""
+    stem = re.sub(r"\.(safetensors|pt|pth|bin)(?=$|@)", "", label)
+    return f"{index:02d}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")
 
 
 def check_train_split(data: DataBundle, config: Path) -> None:
@@ -350,7 +363,7 @@ def validate_candidates(candidates: list[Candidate], results: list[dict], budget
         exp.train.epochs, exp.train.max_steps = budget.epochs or exp.train.epochs, budget.max_steps
         exp.transfer.baseline = "none"  # the candidates are compared with each other, not with scratch
         exp.run_dir = None
-        folder = root / "finetune" / f"{index:02d}-{re.sub(r'[^A-Za-z0-9._-]+', '-', cand.label).strip('-')}"
+        folder = root / "finetune" / folder_name(index, cand.label)
         console.info(f"validate: fine-tuning {cand.label} for {budget.describe()} -> {folder}")
         report = finetune(exp, RunOptions(run_dir=str(folder), smoke=opts.smoke), console)
         metric, higher = report["headline"]["metric"], report["headline"]["higher_is_better"]

@@ -169,6 +169,15 @@ def test_an_evaluate_run_is_named_as_one_that_holds_no_weights(table_run: tuple[
     assert not (tmp / "p.csv").exists()
 
 
+def test_an_unfinished_run_predicts_with_a_warning(table_run: tuple[Path, list[dict]]) -> None:
+    tmp, _ = table_run
+    info = read_json(tmp / "runs" / "t" / "run.json")
+    (tmp / "runs" / "t" / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    result = run_cli("predict", "runs/t@last", "test.csv", "--out", "p.csv")
+    assert result.exit_code == 0 and (tmp / "p.csv").is_file()
+    assert "runs/t is interrupted, not completed: predicting with the checkpoint it had reached (step-" in result.stderr
+
+
 def test_existing_output_is_kept_without_overwrite(table_run: tuple[Path, list[dict]]) -> None:
     tmp, evaluated = table_run
     _without_label(tmp / "test.csv", tmp / "new.csv", ["length", "width", "density", "weight"])

@@ -162,6 +162,25 @@ def test_preprocess_json_alone_reproduces_evaluate_predictions_on_raw_csv(tmp_pa
         assert [f"{p:.6g}" for p in got] == [want[name] for name in spec["class_names"]]
 
 
+def test_preprocess_json_names_the_runs_own_resize_filter_and_pixel_scale(tmp_path: Path, monkeypatch) -> None:
+    """An image run whose config chose its filter, exact size and pixel factor (as a vision model's
+    preprocessor_config.json sets them): preprocess.json says those, not bilinear and 1/255."""
+    from scripts.make_example_data import make_shapes
+
+    monkeypatch.chdir(tmp_path)
+    make_shapes(tmp_path / "shapes", per_class=6, size=16)
+    write_yaml(tmp_path / "cfg.yaml", {
+        "seed": 0, "run_dir": "runs/img", "model": {"name": "resnet", "params": {"widths": [4]}},
+        "train": {"epochs": 1, "device": "cpu"}, "data": {"name": "image_folder", "batch_size": 8, "params": {
+            "path": "shapes", "size": 12, "resize": [12, 12], "resample": "bicubic", "rescale": 0.5 / 255,
+            "workers": 0, "val_fraction": 0.25, "test_fraction": 0.25}}})
+    assert run_cli("pretrain", "cfg.yaml", "-q").exit_code == 0
+    image = read_json(Path(_export(tmp_path / "runs" / "img", "torchscript")["out"]) / "preprocess.json")["image"]
+    assert image["resample"] == "bicubic" and image["scale"] == pytest.approx(0.5 / 255)
+    assert image["resize"] == [12, 12] and "exactly `resize` (H, W), aspect not kept" in image["steps"][1]
+    assert image["steps"][3] == f"pixels * {0.5 / 255:.6g}"
+
+
 # ---- Hugging Face -----------------------------------------------------------------------------------
 @pytest.fixture
 def bert_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -179,6 +179,10 @@ def test_preprocess_json_names_the_runs_own_resize_filter_and_pixel_scale(tmp_pa
     assert image["resample"] == "bicubic" and image["scale"] == pytest.approx(0.5 / 255)
     assert image["resize"] == [12, 12] and "exactly `resize` (H, W), aspect not kept" in image["steps"][1]
     assert image["steps"][3] == f"pixels * {0.5 / 255:.6g}"
+    # a test split of 2 images is too small for the check: the next split that has 3 is used
+    assert run_cli("pretrain", "cfg.yaml", "-q", "--overwrite", "--set", "data.params.test_fraction=0.1").exit_code == 0
+    facts = _export(tmp_path / "runs" / "img", "torchscript", "--overwrite")
+    assert facts["check_split"] == "val" and facts["check"]["samples"] >= 3
 
 
 # ---- Hugging Face -----------------------------------------------------------------------------------

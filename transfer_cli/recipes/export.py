@@ -130,11 +130,16 @@ def _read_run(run: RunDir) -> tuple[dict, dict]:
 
 
 def _check_batch(data: Any, split: str) -> tuple[str, torch.Tensor]:
-    """The first CHECK_SAMPLES samples of the eval split (else val, else any split)."""
-    name = next(s for s in (split, "val", "test", "train", *data.splits) if s in data.splits)
+    """The first CHECK_SAMPLES samples of the eval split, else of the first of val, test, train
+    (then any) that has the 3 samples the check needs."""
+    order = list(dict.fromkeys(s for s in (split, "val", "test", "train", *data.splits) if s in data.splits))
+    sizes = {name: len(data.split(name)) for name in order}
+    name = next((s for s in order if sizes[s] >= 3), None)
+    if name is None:
+        shown = ", ".join(f"{s} {n}" for s, n in sizes.items())
+        raise UsageError(f"the run's splits hold too few samples for the round-trip check, which needs 3 in one "
+                         f"split ({shown})")
     x, _ = next(iter(data.split(name).batches(CHECK_SAMPLES, torch.device("cpu"))))
-    if len(x) < 3:
-        raise UsageError(f"the run's {name} split has {len(x)} samples; the round-trip check needs at least 3")
     return name, x
 
 

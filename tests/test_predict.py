@@ -187,6 +187,10 @@ def test_existing_output_is_kept_without_overwrite(table_run: tuple[Path, list[d
     assert (tmp / "p.csv").read_text() == "mine\n"
     _predict("runs/t", "new.csv", "--out", "p.csv", "--overwrite")
     _same_as_evaluate(evaluated, _rows(tmp / "p.csv"))
+    before = (tmp / "new.csv").read_bytes()  # the inputs are never replaced by their predictions
+    result = run_cli("predict", "runs/t", "new.csv", "--out", "./new.csv", "--overwrite")
+    assert result.exit_code == 2 and "--out: new.csv is INPUTS itself; the predictions would replace the inputs" in result.stderr
+    assert (tmp / "new.csv").read_bytes() == before
 
 
 def test_refused_under_torchrun(table_run: tuple[Path, list[dict]], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,6 +52,9 @@ def predict(opts: PredictOptions, console: Console) -> dict:
     if opts.format not in FORMATS:
         raise UsageError(f"--format: expected {' or '.join(FORMATS)}, got {opts.format!r}")
     out = check_target(opts.out, opts.overwrite, "--out")
+    if out.exists() and out.resolve() == Path(opts.inputs).resolve():  # even with --overwrite: surely a slip
+        raise UsageError(f"--out: {opts.out} is INPUTS itself; the predictions would replace the inputs: give "
+                         f"another file name")
     exp, facts = experiment_of(opts)
     device = _device(opts.device)
     model = MODELS.build(exp.model.name, exp.model.params, input_shape=tuple(facts["input_shape"]),

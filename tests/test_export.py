@@ -253,6 +253,17 @@ def test_hf_export_of_mean_pooling_is_refused_and_onnx_carries_the_tokenizer(ber
     assert len(encoded.ids) == 16 and encoded.attention_mask[-1] == 0  # padding to max_length is built in
 
 
+def test_onnx_export_of_a_text_encoder_runs_in_onnxruntime(bert_run) -> None:
+    """The hf_encoder checks its token ids once, a data-dependent branch torch.export cannot trace:
+    done eagerly before the export (it was an internal error, exit 1)."""
+    pytest.importorskip("onnxruntime", reason="--format onnx needs the optional extra: pip install -e '.[export]'")
+    pytest.importorskip("onnxscript", reason="--format onnx needs the optional extra: pip install -e '.[export]'")
+    run = bert_run("mean")
+    facts = _export(run, "onnx")
+    assert facts["check"]["max_abs_diff"] <= TOL and facts["check"]["samples"] >= 3
+    assert {"model.onnx", "tokenizer.json", "preprocess.json"} <= {p.name for p in Path(facts["out"]).iterdir()}
+
+
 def test_exported_tokenizer_pads_with_the_runs_pad_token(bert_run) -> None:
     """A pad_token the run chose (here [SEP], where the default guess is [PAD]) pads the exported
     tokenizer.json, as it padded the training texts; preprocess.json names it."""

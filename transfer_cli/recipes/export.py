@@ -58,6 +58,8 @@ def export_run(ref: str, fmt: str, out: Optional[Path], overwrite: bool, console
 
         check_mappable(model)
     check_split, check = _check_batch(parts.data, exp.eval.split)
+    with torch.no_grad():  # once, eagerly: a model's one-time input checks (hf_encoder's token ids, a
+        model(check)       # data-dependent branch) are then done, and stay out of the traced graph
     spec = preprocess_spec(run.read_config(), run_info, where=str(run.path))
     facts = {"format": fmt, "run": str(run.path), "ref": ref, "weights": str(weights), "step": _step(weights),
              "weights_kind": _kind(run.path, weights), "lora_merged": exp.transfer.strategy == "lora",

@@ -189,7 +189,8 @@ def test_existing_output_is_kept_without_overwrite(table_run: tuple[Path, list[d
     _same_as_evaluate(evaluated, _rows(tmp / "p.csv"))
     before = (tmp / "new.csv").read_bytes()  # the inputs are never replaced by their predictions
     result = run_cli("predict", "runs/t", "new.csv", "--out", "./new.csv", "--overwrite")
-    assert result.exit_code == 2 and "--out: new.csv is INPUTS itself; the predictions would replace the inputs" in result.stderr
+    assert result.exit_code == 2
+    assert "--out: new.csv is INPUTS itself; the predictions would replace the inputs" in result.stderr
     assert (tmp / "new.csv").read_bytes() == before
 
 

@@ -78,3 +78,8 @@ def one_line(exc: BaseException) -> str:
     """The first line of an error's message (its type name when it has none)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def a_or_an(word: str) -> str:
+    """The word with its indefinite article, for messages ("an evaluate run", "a rank run")."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"

@@ -16,7 +16,7 @@ import torch
 
 from transfer_cli.config.resolve import load_experiment
 from transfer_cli.core.console import Console
-from transfer_cli.core.errors import CheckpointError, UsageError
+from transfer_cli.core.errors import CheckpointError, UsageError, a_or_an
 from transfer_cli.data.preprocess import preprocess_spec
 from transfer_cli.export.card import model_card
 from transfer_cli.export.folder import check_target, staged
@@ -122,8 +122,8 @@ def _read_run(run: RunDir) -> tuple[dict, dict]:
     if any(path.glob("seed-*/run.json")):
         raise UsageError(f"{path} is a multi-seed run; export one of its seed runs, e.g. {path}/seed-0")
     if info.get("stage") == "evaluate" or not run.checkpoints.is_dir():
-        raise CheckpointError(f"{path} holds no weights (a {info.get('stage', 'run')} run without checkpoints/); "
-                              f"export the run that trained them")
+        raise CheckpointError(f"{path} holds no weights ({a_or_an(info.get('stage', 'run'))} run without "
+                              f"checkpoints/); export the run that trained them")
     report = path / "report.json"
     if not report.is_file():
         raise UsageError(f"{path} has no report.json (status: {info.get('status', 'unknown')}); finish the run "

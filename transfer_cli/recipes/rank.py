@@ -206,7 +206,8 @@ def score_candidate(cand: Candidate, data: DataBundle, device: torch.device, con
               "feature_dim": stats.dim, "samples": stats.n, "extraction_seconds": round(extraction, 3),
               "score_seconds": round(time.perf_counter() - tic, 3), "features_from_cache": from_cache,
               "scores": scores, "not_applicable": na,
-              "source_head": None if head.get("task") is None else {k: head[k] for k in ("task", "classes", "task_from")}}
+              "source_head": None if head.get("task") is None else
+              {k: head[k] for k in ("task", "classes", "task_from")}}
     shown = ", ".join(f"{name} {value:.4g}" for name, value in scores.items() if value is not None)
     console.info(f"rank: {cand.label}: {shown}; {stats.dim} features of {stats.n} samples "
                  + cache_note(exp.transfer.feature_cache_dir, from_cache, train, extraction))

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from transfer_cli.core.errors import CheckpointError, one_line
+from transfer_cli.core.errors import CheckpointError, a_or_an, one_line
 from transfer_cli.runs.checkpoints import WEIGHTS, alias_target, verify
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -79,8 +79,8 @@ def resolve_weights(ref: str) -> tuple[Path, Path | None]:
     if not root.is_dir():
         stage = _stage_of(path)
         if stage:  # an evaluate or rank run: a run directory, but of a stage that trains nothing
-            raise CheckpointError(f"{path} is {'an' if stage[0] in 'aeiou' else 'a'} {stage} run, which holds no weights (no checkpoints/); give the run "
-                                  f"that trained them (a pretrain or finetune run) or a weights file")
+            raise CheckpointError(f"{path} is {a_or_an(stage)} run, which holds no weights (no checkpoints/); give "
+                                  f"the run that trained them (a pretrain or finetune run) or a weights file")
         raise CheckpointError(f"{path}: not a run directory (no checkpoints/) and not a weights file")
     order = [alias] if alias else ["best", "last"]
     for name in order:

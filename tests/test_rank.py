@@ -226,6 +226,14 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(here: Path, args, mess
     assert not (here / "runs" / "rank" / "bad").exists()
 
 
+def test_a_run_directory_as_the_target_config_is_refused_naming_rank(here: Path):
+    result = run_cli("rank", "runs/source", "runs/other", "--run-dir", "runs/rank/bad")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert ("TARGET_CONFIG: runs/source is a directory; `transfer rank` takes the target task's config file first "
+            "(that run's config is runs/source/config.yaml)") in result.stderr
+    assert not (here / "runs" / "rank" / "bad").exists()
+
+
 def test_hugging_face_folders_are_candidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Two tiny local BERT folders ranked on a text target: built as hf_encoder on each folder,
     lineage = the folder's weights and sha256, NCE/LEEP n/a (no task head)."""

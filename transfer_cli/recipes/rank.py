@@ -75,6 +75,7 @@ class Budget:
 def rank(config: Path, refs: list[str], sets: list[str], opts: RunOptions, validate: Optional[str],
          console: Console) -> dict:
     budget = Budget.parse(validate) if validate is not None else None
+    check_target_config(config)
     path = Path(opts.run_dir) if opts.run_dir else default_run_dir(config)
     run = check_run_dir(path, opts.mode if opts.mode != "resume" else "overwrite", resumable=False)
     candidates = resolve_candidates(config, refs, sets)
@@ -104,6 +105,15 @@ def rank(config: Path, refs: list[str], sets: list[str], opts: RunOptions, valid
     run.update_run(status="completed", ended_at=now(), device=device_name(device), data=report["data"])
     console.show(ranking_table(report))
     return report
+
+
+def check_target_config(config: Path) -> None:
+    """The first argument is the target's config file; a run directory there is a common slip."""
+    if config.is_dir():
+        own = config / "config.yaml"
+        hint = f" (that run's config is {own})" if own.is_file() else ""
+        raise UsageError(f"TARGET_CONFIG: {config} is a directory; `transfer rank` takes the target task's config "
+                         f"file first{hint}, then the candidates")
 
 
 def default_run_dir(config: Path) -> Path:

@@ -242,6 +242,7 @@ def test_image_folder_with_class_folders_and_flat(image_run: tuple[Path, list[di
     flat.mkdir()
     for row in tree:  # the same images in one folder, renamed so that they sort in the same order
         shutil.copy(tmp / "shapes" / "test" / row["file"], flat / f"{int(row['index']):03d}-{Path(row['file']).name}")
+    (flat / "._000-circle.png").write_bytes(b"\x00\x05\x16\x07 macOS metadata, not an image")  # hidden: skipped
     _predict("runs/t", "flat", "--out", "flat.csv")
     _same_as_evaluate(evaluated, _rows(tmp / "flat.csv"), "file")
 

@@ -178,6 +178,14 @@ def test_an_unfinished_run_predicts_with_a_warning(table_run: tuple[Path, list[d
     assert "runs/t is interrupted, not completed: predicting with the checkpoint it had reached (step-" in result.stderr
 
 
+def test_a_csv_split_by_another_delimiter_is_said_so(table_run: tuple[Path, list[dict]]) -> None:
+    tmp, _ = table_run
+    (tmp / "semi.csv").write_text("length;width;density;weight\n1;2;0.5;10\n")
+    result = run_cli("predict", "runs/t", "semi.csv", "--out", "p.csv")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "the file has: length;width;density;weight (it looks separated by ';'" in result.stderr
+
+
 def test_existing_output_is_kept_without_overwrite(table_run: tuple[Path, list[dict]]) -> None:
     tmp, evaluated = table_run
     _without_label(tmp / "test.csv", tmp / "new.csv", ["length", "width", "density", "weight"])

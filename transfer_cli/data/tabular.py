@@ -194,7 +194,18 @@ def require_columns(table: Table, columns: list[str], what: str) -> None:
         hints = "".join(did_you_mean(name, table.header) for name in missing[:1])
         raise DataError(f"{table.where}: missing {what} column{'s' if len(missing) > 1 else ''} "
                         f"{', '.join(repr(m) for m in missing)}{hints}, which the model was trained on; "
-                        f"the file has: {', '.join(table.header)}")
+                        f"the file has: {', '.join(table.header)}{_delimiter_hint(table, columns)}")
+
+
+def _delimiter_hint(table: Table, columns: list[str]) -> str:
+    """One header cell holding the wanted names between another separator: the file is split by
+    another delimiter than the run's."""
+    if len(table.header) != 1:
+        return ""
+    for sep in (";", "\t", "|", ","):
+        if len(columns) > 1 and all(name in table.header[0].split(sep) for name in columns):
+            return f" (it looks separated by {sep!r}; the run reads data.params.delimiter, or convert the file)"
+    return ""
 
 
 def csv_inputs(params: CsvParams, path: str, key: str) -> tuple[Table, torch.Tensor]:

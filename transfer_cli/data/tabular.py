@@ -204,7 +204,7 @@ def _delimiter_hint(table: Table, columns: list[str]) -> str:
         return ""
     for sep in (";", "\t", "|", ","):
         if len(columns) > 1 and all(name in table.header[0].split(sep) for name in columns):
-            return f" (it looks separated by {sep!r}; the run reads data.params.delimiter, or convert the file)"
+            return f" (it looks separated by {sep!r}, not by the run's data.params.delimiter: convert the file)"
     return ""
 
 

@@ -161,7 +161,8 @@ def test_a_folder_for_a_csv_run_says_a_file_is_expected(table_run: tuple[Path, l
 def test_an_evaluate_run_is_named_as_one_that_holds_no_weights(table_run: tuple[Path, list[dict]]) -> None:
     tmp, _ = table_run
     assert run_cli("evaluate", "runs/t", "--run-dir", "runs/ev", "-q").exit_code == 0
-    for args in (("predict", "runs/ev", "test.csv", "--out", "p.csv"), ("rank", "runs/t/config.yaml", "runs/ev")):
+    for args in (("predict", "runs/ev", "test.csv", "--out", "p.csv"), ("rank", "runs/t/config.yaml", "runs/ev"),
+                 ("evaluate", "runs/ev")):
         result = run_cli(*args)
         assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
         assert "runs/ev is an evaluate run, which holds no weights (no checkpoints/); give the run that trained them" \

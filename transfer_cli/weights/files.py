@@ -3,14 +3,14 @@ and reading one safely: safetensors, or `torch.load(weights_only=True)`; never a
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from transfer_cli.core.errors import CheckpointError, a_or_an, one_line
+from transfer_cli.config.resolve import holds_no_weights, recorded_stage
+from transfer_cli.core.errors import CheckpointError, one_line
 from transfer_cli.runs.checkpoints import WEIGHTS, alias_target, verify
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -77,10 +77,9 @@ def resolve_weights(ref: str) -> tuple[Path, Path | None]:
         raise CheckpointError(f"{path} is a multi-seed run; name one of its seed runs, e.g. {path}/seed-N")
     root = path / "checkpoints"
     if not root.is_dir():
-        stage = _stage_of(path)
+        stage = recorded_stage(path)
         if stage:  # an evaluate or rank run: a run directory, but of a stage that trains nothing
-            raise CheckpointError(f"{path} is {a_or_an(stage)} run, which holds no weights (no checkpoints/); give "
-                                  f"the run that trained them (a pretrain or finetune run) or a weights file")
+            raise CheckpointError(holds_no_weights(path, stage))
         raise CheckpointError(f"{path}: not a run directory (no checkpoints/) and not a weights file")
     order = [alias] if alias else ["best", "last"]
     for name in order:
@@ -89,12 +88,3 @@ def resolve_weights(ref: str) -> tuple[Path, Path | None]:
             verify(target)
             return target / WEIGHTS, path
     raise CheckpointError(f"{path}: no complete '{order[0]}' checkpoint in {root}")
-
-
-def _stage_of(path: Path) -> str | None:
-    """The stage a run directory's run.json records, or None (no run.json, or unreadable)."""
-    try:
-        info = json.loads((path / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return info.get("stage") if isinstance(info, dict) and isinstance(info.get("stage"), str) else None

@@ -139,3 +139,18 @@ def test_unknown_metric_name(tiny: Path) -> None:
 def test_config_error_leaves_no_run_dir(tiny: Path) -> None:
     _fails("pretrain", "configs/tiny/pretrain.yaml", "--set", "optim.lr=-1")
     assert not (tiny / "runs").exists()
+
+
+def test_a_data_error_raised_while_the_data_is_generated_in_another_process_stays_one_line(tiny: Path) -> None:
+    """The built-in data is generated in a forked process; its ConfigError comes back pickled and
+    must read as raised here (it came back as one 'problem' per letter of its message)."""
+    import pickle
+
+    from transfer_cli.core.errors import ConfigError, RaisedOnMain
+
+    again = pickle.loads(pickle.dumps(ConfigError(["a.b: wrong", "c: bad"], header="invalid x")))
+    assert again.problems == ["a.b: wrong", "c: bad"] and str(again).startswith("invalid x (2 problems):")
+    assert pickle.loads(pickle.dumps(RaisedOnMain("stopped", 2))).exit_code == 2
+    err = _fails("pretrain", "configs/tiny/pretrain.yaml", "--set", "data.params.length=8")
+    assert err.strip() == "error: invalid config: data.params: length 8 is too small to hold 2 motifs of width 15"
+    assert not (tiny / "runs" / "pretrain").exists()

@@ -162,6 +162,29 @@ def test_preprocess_json_alone_reproduces_evaluate_predictions_on_raw_csv(tmp_pa
         assert [f"{p:.6g}" for p in got] == [want[name] for name in spec["class_names"]]
 
 
+def test_preprocess_json_names_the_runs_own_resize_filter_and_pixel_scale(tmp_path: Path, monkeypatch) -> None:
+    """An image run whose config chose its filter, exact size and pixel factor (as a vision model's
+    preprocessor_config.json sets them): preprocess.json says those, not bilinear and 1/255."""
+    from scripts.make_example_data import make_shapes
+
+    monkeypatch.chdir(tmp_path)
+    make_shapes(tmp_path / "shapes", per_class=6, size=16)
+    write_yaml(tmp_path / "cfg.yaml", {
+        "seed": 0, "run_dir": "runs/img", "model": {"name": "resnet", "params": {"widths": [4]}},
+        "train": {"epochs": 1, "device": "cpu"}, "data": {"name": "image_folder", "batch_size": 8, "params": {
+            "path": "shapes", "size": 12, "resize": [12, 12], "resample": "bicubic", "rescale": 0.5 / 255,
+            "workers": 0, "val_fraction": 0.25, "test_fraction": 0.25}}})
+    assert run_cli("pretrain", "cfg.yaml", "-q").exit_code == 0
+    image = read_json(Path(_export(tmp_path / "runs" / "img", "torchscript")["out"]) / "preprocess.json")["image"]
+    assert image["resample"] == "bicubic" and image["scale"] == pytest.approx(0.5 / 255)
+    assert image["resize"] == [12, 12] and "exactly `resize` (H, W), aspect not kept" in image["steps"][1]
+    assert image["steps"][3] == f"pixels * {0.5 / 255:.6g}"
+    # a test split of 2 images is too small for the check: the next split that has 3 is used
+    assert run_cli("pretrain", "cfg.yaml", "-q", "--overwrite", "--set", "data.params.test_fraction=0.1").exit_code == 0
+    facts = _export(tmp_path / "runs" / "img", "torchscript", "--overwrite")
+    assert facts["check_split"] == "val" and facts["check"]["samples"] >= 3
+
+
 # ---- Hugging Face -----------------------------------------------------------------------------------
 @pytest.fixture
 def bert_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -178,11 +201,12 @@ def bert_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(tmp_path / "bert")
 
-    def finetune(pooling: str) -> Path:
+    def finetune(pooling: str, **params: object) -> Path:
         write_yaml(tmp_path / "cfg.yaml", {
             "run_dir": f"runs/{pooling}", "optim": {"lr": 0.001}, "train": {"epochs": 1, "device": "cpu"},
             "data": {"name": "text_csv", "params": {"path": "reviews.csv", "text": "review", "label": "sentiment",
-                                                    "tokenizer": "tokenizer.json", "max_length": 16}, "batch_size": 8},
+                                                    "tokenizer": "tokenizer.json", "max_length": 16, **params},
+                     "batch_size": 8},
             "model": {"name": "hf_encoder", "params": {"path": "bert", "pooling": pooling}}})
         result = run_cli("finetune", "cfg.yaml", "-q")
         assert result.exit_code == 0, result.output
@@ -229,6 +253,32 @@ def test_hf_export_of_mean_pooling_is_refused_and_onnx_carries_the_tokenizer(ber
     assert len(encoded.ids) == 16 and encoded.attention_mask[-1] == 0  # padding to max_length is built in
 
 
+def test_onnx_export_of_a_text_encoder_runs_in_onnxruntime(bert_run) -> None:
+    """The hf_encoder checks its token ids once, a data-dependent branch torch.export cannot trace:
+    done eagerly before the export (it was an internal error, exit 1)."""
+    pytest.importorskip("onnxruntime", reason="--format onnx needs the optional extra: pip install -e '.[export]'")
+    pytest.importorskip("onnxscript", reason="--format onnx needs the optional extra: pip install -e '.[export]'")
+    run = bert_run("mean")
+    facts = _export(run, "onnx")
+    assert facts["check"]["max_abs_diff"] <= TOL and facts["check"]["samples"] >= 3
+    assert {"model.onnx", "tokenizer.json", "preprocess.json"} <= {p.name for p in Path(facts["out"]).iterdir()}
+
+
+def test_exported_tokenizer_pads_with_the_runs_pad_token(bert_run) -> None:
+    """A pad_token the run chose (here [SEP], where the default guess is [PAD]) pads the exported
+    tokenizer.json, as it padded the training texts; preprocess.json names it."""
+    run = bert_run("mean", pad_token="[SEP]")
+    assert read_json(run / "run.json")["data"]["pad_token"] == "[SEP]"
+    folder = Path(_export(run, "torchscript")["out"])
+    spec = read_json(folder / "preprocess.json")
+    assert spec["text"]["pad_token"] == "[SEP]"
+    tokenizers = pytest.importorskip("tokenizers")
+    exported = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    encoded = exported.encode("a great film")
+    assert exported.padding["pad_token"] == "[SEP]"
+    assert encoded.ids[-1] == exported.token_to_id("[SEP]") != exported.token_to_id("[PAD]")
+
+
 # ---- refusals ---------------------------------------------------------------------------------------
 def _refused(*args: object, code: int = 2) -> str:
     result = run_cli("export", *args)
@@ -244,7 +294,8 @@ def test_refusals_say_what_is_wrong_in_one_line(runs: Path, tmp_path: Path) -> N
         runs / "finetune", "--format", "tflite")
     assert "not a Hugging Face model (hf_encoder)" in _refused(runs / "finetune", "--format", "hf")
     assert run_cli("evaluate", runs / "finetune", "-q").exit_code == 0  # an evaluate run: no weights
-    assert "holds no weights" in _refused(runs / "finetune" / "eval-test", "--format", "torchscript")
+    assert "holds no weights (an evaluate run without checkpoints/)" in _refused(runs / "finetune" / "eval-test",
+                                                                                "--format", "torchscript")
     out = tmp_path / "taken"
     write_yaml(out / "mine.txt", "keep me")
     before = tree_digest(out)

@@ -229,3 +229,28 @@ def test_lora_and_cached_linear_probe_on_gpt2(tmp_path: Path, monkeypatch, strat
     assert weights["data"]["pad_token"] == "<|endoftext|>"
     if strategy == "linear_probe":
         assert result.json()["timings"]["feature_cache_seconds"] > 0
+
+
+def test_a_decoder_run_exports_to_onnx_padding_as_it_was_trained(tmp_path: Path, monkeypatch) -> None:
+    """A GPT-2-style run padded with the pad_token its config chose ('</s>', where the tokenizer's
+    first known padding token would be '<|endoftext|>'): the exported tokenizer.json pads with it,
+    preprocess.json names it, and the ONNX file (last-token pooling) runs in onnxruntime like torch."""
+    pytest.importorskip("onnxruntime", reason="--format onnx needs the optional extra: pip install -e '.[export]'")
+    pytest.importorskip("onnxscript", reason="--format onnx needs the optional extra: pip install -e '.[export]'")
+    monkeypatch.chdir(tmp_path)
+    tokenizer = _texts(tmp_path, ["</s>", "<|endoftext|>"])
+    save_model(tmp_path / "gpt2", "gpt2", vocab=tokenizers.Tokenizer.from_file(str(tokenizer)).get_vocab_size())
+    config = _text_config(tmp_path, "gpt2")
+    data = yaml.safe_load(config.read_text())
+    data["data"]["params"]["pad_token"] = "</s>"
+    write_yaml(config, data)
+    assert run_cli("finetune", "cfg.yaml", "-q").exit_code == 0
+    result = run_cli("export", "runs/t", "--format", "onnx", "--json")
+    assert result.exit_code == 0, result.output
+    facts = result.json()
+    assert facts["check"]["max_abs_diff"] <= 1e-4
+    folder = Path(facts["out"])
+    assert read_json(folder / "preprocess.json")["text"]["pad_token"] == "</s>"
+    exported = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert exported.padding["pad_token"] == "</s>"
+    assert exported.encode("a great film").ids[-1] == exported.token_to_id("</s>")

@@ -121,6 +121,13 @@ def test_weights_file_needs_the_config_that_trained_it(table_run: tuple[Path, li
     assert not (tmp / "p.csv").exists()
     _predict(str(weights), "new.csv", "--out", "p.csv", "--config", "runs/t/config.yaml")
     _same_as_evaluate(evaluated, _rows(tmp / "p.csv"))
+    # a config of another architecture (hidden 8, not 16): said so, not blamed on the classes
+    other = (tmp / "runs" / "t" / "config.yaml").read_text().replace("- 16", "- 8")
+    (tmp / "other.yaml").write_text(other)
+    refused = run_cli("predict", str(weights), "new.csv", "--out", "q.csv", "--config", "other.yaml")
+    assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "does not fit the model (it is another architecture than the config's model" in refused.stderr
+    assert "number of classes" not in refused.stderr and not (tmp / "q.csv").exists()
 
 
 def test_missing_feature_column_is_named_and_nothing_is_written(table_run: tuple[Path, list[dict]]) -> None:
@@ -133,6 +140,53 @@ def test_missing_feature_column_is_named_and_nothing_is_written(table_run: tuple
     assert not (tmp / "p.csv").exists()
 
 
+def test_empty_feature_cell_names_the_line_and_asks_to_fill_it(table_run: tuple[Path, list[dict]]) -> None:
+    """The features are the run's: the fix is to fill the cell, not to drop the column from a config."""
+    tmp, _ = table_run
+    (tmp / "new.csv").write_text("length,width,density,weight\n1.0,2.0,0.5,10\n1.0,,0.5,10\n")
+    result = run_cli("predict", "runs/t", "new.csv", "--out", "p.csv")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "new.csv): line 3, column 'width' is empty; fill it in (the model was trained on" in result.stderr
+    assert "data.params.features" not in result.stderr and not (tmp / "p.csv").exists()
+
+
+def test_a_folder_for_a_csv_run_says_a_file_is_expected(table_run: tuple[Path, list[dict]]) -> None:
+    tmp, _ = table_run
+    (tmp / "rows").mkdir()
+    result = run_cli("predict", "runs/t", "rows", "--out", "p.csv")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "INPUTS: rows is a folder, but a file is expected here; give the file" in result.stderr
+
+
+def test_an_evaluate_run_is_named_as_one_that_holds_no_weights(table_run: tuple[Path, list[dict]]) -> None:
+    tmp, _ = table_run
+    assert run_cli("evaluate", "runs/t", "--run-dir", "runs/ev", "-q").exit_code == 0
+    for args in (("predict", "runs/ev", "test.csv", "--out", "p.csv"), ("rank", "runs/t/config.yaml", "runs/ev"),
+                 ("evaluate", "runs/ev")):
+        result = run_cli(*args)
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+        assert "runs/ev is an evaluate run, which holds no weights (no checkpoints/); give the run that trained them" \
+            in result.stderr
+    assert not (tmp / "p.csv").exists()
+
+
+def test_an_unfinished_run_predicts_with_a_warning(table_run: tuple[Path, list[dict]]) -> None:
+    tmp, _ = table_run
+    info = read_json(tmp / "runs" / "t" / "run.json")
+    (tmp / "runs" / "t" / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    result = run_cli("predict", "runs/t@last", "test.csv", "--out", "p.csv")
+    assert result.exit_code == 0 and (tmp / "p.csv").is_file()
+    assert "runs/t is interrupted, not completed: predicting with the checkpoint it had reached (step-" in result.stderr
+
+
+def test_a_csv_split_by_another_delimiter_is_said_so(table_run: tuple[Path, list[dict]]) -> None:
+    tmp, _ = table_run
+    (tmp / "semi.csv").write_text("length;width;density;weight\n1;2;0.5;10\n")
+    result = run_cli("predict", "runs/t", "semi.csv", "--out", "p.csv")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "the file has: length;width;density;weight (it looks separated by ';'" in result.stderr
+
+
 def test_existing_output_is_kept_without_overwrite(table_run: tuple[Path, list[dict]]) -> None:
     tmp, evaluated = table_run
     _without_label(tmp / "test.csv", tmp / "new.csv", ["length", "width", "density", "weight"])
@@ -142,6 +196,11 @@ def test_existing_output_is_kept_without_overwrite(table_run: tuple[Path, list[d
     assert (tmp / "p.csv").read_text() == "mine\n"
     _predict("runs/t", "new.csv", "--out", "p.csv", "--overwrite")
     _same_as_evaluate(evaluated, _rows(tmp / "p.csv"))
+    before = (tmp / "new.csv").read_bytes()  # the inputs are never replaced by their predictions
+    result = run_cli("predict", "runs/t", "new.csv", "--out", "./new.csv", "--overwrite")
+    assert result.exit_code == 2
+    assert "--out: new.csv is INPUTS itself; the predictions would replace the inputs" in result.stderr
+    assert (tmp / "new.csv").read_bytes() == before
 
 
 def test_refused_under_torchrun(table_run: tuple[Path, list[dict]], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,6 +251,7 @@ def test_image_folder_with_class_folders_and_flat(image_run: tuple[Path, list[di
     flat.mkdir()
     for row in tree:  # the same images in one folder, renamed so that they sort in the same order
         shutil.copy(tmp / "shapes" / "test" / row["file"], flat / f"{int(row['index']):03d}-{Path(row['file']).name}")
+    (flat / "._000-circle.png").write_bytes(b"\x00\x05\x16\x07 macOS metadata, not an image")  # hidden: skipped
     _predict("runs/t", "flat", "--out", "flat.csv")
     _same_as_evaluate(evaluated, _rows(tmp / "flat.csv"), "file")
 
@@ -271,6 +331,28 @@ def test_text_csv_with_a_local_encoder(tmp_path: Path, monkeypatch: pytest.Monke
     _predict("runs/t", "new.csv", "--out", "p.csv")
     _same_as_evaluate(_rows(tmp_path / "evaluated.csv"), _rows(tmp_path / "p.csv"))
     assert read_json(tmp_path / "runs" / "t" / "run.json")["data"]["class_names"] == ["negative", "positive"]
+
+    # the tokenizer file changes after training (here: retrained with one more word): the ids no
+    # longer mean what the model learned, so predict, evaluate and export refuse it in one line
+    trained_with = (tmp_path / "tokenizer.json").read_bytes()
+    make_word_tokenizer(tmp_path / "tokenizer.json", texts + ["zebra"])
+    for args in (("predict", "runs/t", "new.csv", "--out", "q.csv"), ("evaluate", "runs/t"),
+                 ("export", "runs/t", "--format", "torchscript")):
+        refused = run_cli(*args)
+        assert refused.exit_code == 2, refused.output
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.output
+        assert "data.params.tokenizer: " in refused.stderr
+        assert "tokenizer.json is not the tokenizer the run was trained with (sha256 " in refused.stderr
+    assert not (tmp_path / "q.csv").exists() and not (tmp_path / "runs" / "t" / "export").exists()
+    resumed = run_cli("finetune", "cfg.yaml", "--resume")
+    assert resumed.exit_code == 2 and "tokenizer_sha256" in resumed.stderr  # the config differs: refused too
+
+    # a run from before the hash was recorded still resumes (its config.yaml lacks the key)
+    (tmp_path / "tokenizer.json").write_bytes(trained_with)
+    config = tmp_path / "runs" / "t" / "config.yaml"
+    config.write_text("\n".join(line for line in config.read_text().splitlines() if "tokenizer_sha256" not in line))
+    resumed = run_cli("finetune", "cfg.yaml", "--resume")
+    assert resumed.exit_code == 0, resumed.output
 
 
 # ---- the built-in data: an .npz of x -------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from conftest import read_json, run_cli, write_yaml
 
@@ -133,10 +133,80 @@ def test_features_are_shared_with_a_later_linear_probe(here: Path):
     second = run_cli("rank", "configs/target.yaml", "runs/source", "--run-dir", "runs/rank/c2", "--json", *sets)
     assert second.json()["candidates"][0]["features_from_cache"] is True
     assert second.json()["candidates"][0]["scores"] == pytest.approx(first.json()["candidates"][0]["scores"])
+    assert "extracted in" in first.stderr and "(kept in " in first.stderr
+    assert "read from the feature cache " in second.stderr and "(the backbone did not run)" in second.stderr
     probe = run_cli("finetune", "configs/target.yaml", "--init-from", "runs/source", "--run-dir", "runs/probe",
                     "--set", "transfer.strategy=linear_probe", *sets)
     assert probe.exit_code == 0, probe.output
     assert "features of the train split read from" in probe.stdout
+
+
+def test_a_weights_files_head_takes_the_task_of_the_run_that_wrote_it(here: Path):
+    """A regression source's head is no classifier, named as its run or as the weights file inside
+    that run; a one-output head of a file outside any run is not guessed to be binary."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 1, 96)).astype("float32")
+    np.savez(here / "reg.npz", x=x, y=x.mean(axis=(1, 2)).astype("float32"))
+    write_yaml(here / "configs" / "reg.yaml", {
+        "seed": 0, "model": ARCH, "optim": {"lr": 0.003}, "train": {"epochs": 1, "device": "cpu"},
+        "loss": {"name": "mse"}, "data": {"name": "tensors", "params": {"path": "reg.npz", "task": "regression",
+                                                                         "val_fraction": 0.25}, "batch_size": 20}})
+    assert run_cli("pretrain", "configs/reg.yaml", "--run-dir", "runs/reg", "-q").exit_code == 0
+    inside = "runs/reg/checkpoints/best/model.safetensors"
+    save_file(load_file(str(here / inside)), str(here / "loose.safetensors"))
+    result = run_cli("rank", "configs/target.yaml", "runs/reg", inside, "loose.safetensors",
+                     "runs/source/checkpoints/last/model.safetensors", "--run-dir", "runs/rank/heads", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    by = {c["candidate"]: c for c in result.json()["candidates"]}
+    for ref in ("runs/reg", inside):
+        assert by[ref]["scores"]["nce"] is None and by[ref]["scores"]["leep"] is None
+        assert by[ref]["not_applicable"]["leep"].endswith("(the source task is regression)")
+    assert by["loose.safetensors"]["scores"]["nce"] is None
+    assert "may be binary or regression" in by["loose.safetensors"]["not_applicable"]["nce"]
+    source = by["runs/source/checkpoints/last/model.safetensors"]
+    assert source["scores"]["leep"] is not None
+    assert source["source_head"] == {"task": "multiclass", "classes": 10, "task_from": "run.json"}
+
+
+def test_image_folder_features_are_said_not_to_be_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Data decoded from files is not kept in transfer.feature_cache_dir: rank says so rather than
+    let the user count on a cache that stays empty."""
+    from scripts.make_example_data import make_shapes
+
+    monkeypatch.chdir(tmp_path)
+    make_shapes(tmp_path / "shapes", per_class=4, size=16)
+    model = {"name": "resnet", "params": {"widths": [4]}}
+    write_yaml(tmp_path / "images.yaml", {
+        "seed": 0, "model": model, "train": {"epochs": 1, "device": "cpu"},
+        "data": {"name": "image_folder", "params": {"path": "shapes", "size": 12, "workers": 0}, "batch_size": 8},
+        "transfer": {"feature_cache_dir": "features"}})
+    from transfer_cli.models import MODELS
+
+    backbone = MODELS.build("resnet", MODELS.get("resnet").params(**model["params"]), input_shape=(3, 12, 12),
+                            num_outputs=3)
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items() if not k.startswith("head.")},
+              str(tmp_path / "random.safetensors"))
+    result = run_cli("rank", "images.yaml", "random.safetensors", "--run-dir", "runs/rank/images")
+    assert result.exit_code == 0, result.output
+    assert f"(not kept in {tmp_path / 'features'}: only data held in memory is cached on disk" in result.output
+    assert not (tmp_path / "features").exists()
+
+
+def test_candidate_labels_and_validate_folders_are_short():
+    from transfer_cli.recipes.rank import folder_name, short_labels
+
+    refs = ["runs/a/pretrain", "runs/b/pretrain", "random.safetensors", "runs/a/pretrain@last",
+            "runs/reg", "runs/reg/checkpoints/best/model.safetensors"]
+    labels = short_labels(refs)
+    assert labels == ["a/pretrain", "b/pretrain", "random.safetensors", "a/pretrain@last", "reg", "model.safetensors"]
+    assert [folder_name(i, label) for i, label in enumerate(labels)] == [
+        "00-a-pretrain", "01-b-pretrain", "02-random", "03-a-pretrain-last", "04-reg", "05-model"]
+    # each label as short as its own path allows (was: every label as deep as the deepest needed)
+    assert short_labels(["runs/x", "runs/a/checkpoints/best/model.safetensors",
+                         "runs/b/checkpoints/best/model.safetensors"]) == [
+        "x", "a/checkpoints/best/model.safetensors", "b/checkpoints/best/model.safetensors"]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -153,6 +223,14 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(here: Path, args, mess
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
+    assert not (here / "runs" / "rank" / "bad").exists()
+
+
+def test_a_run_directory_as_the_target_config_is_refused_naming_rank(here: Path):
+    result = run_cli("rank", "runs/source", "runs/other", "--run-dir", "runs/rank/bad")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert ("TARGET_CONFIG: runs/source is a directory; `transfer rank` takes the target task's config file first "
+            "(that run's config is runs/source/config.yaml)") in result.stderr
     assert not (here / "runs" / "rank" / "bad").exists()
 
 

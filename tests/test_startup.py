@@ -105,6 +105,18 @@ def test_forked_work_answers_with_its_value_or_its_exception() -> None:
         child.result()
     with pytest.raises(ForkFailed), Forked(lambda: os.kill(os.getpid(), signal.SIGKILL)) as child:
         child.result()
+    with pytest.raises(ForkFailed, match="could not be read back"), Forked(_raises_unpicklable) as child:
+        child.result()  # pickles, but does not unpickle: a ForkFailed (the caller does the work), not a TypeError
+
+
+class _NeedsTwo(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _raises_unpicklable() -> None:
+    raise _NeedsTwo("bad", 2)
 
 
 def _weights_digest(run: Path) -> str:

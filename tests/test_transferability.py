@@ -166,6 +166,15 @@ def test_logme_regression_matches_the_reference_and_ignores_a_large_feature_mean
         ref_logme(shifted, y, regression=True), rel=1e-7)
 
 
+def test_logme_leaves_out_a_class_with_no_sample():
+    """Classes 0, 1, 3 of four (class 2 absent from the data): the score is that of the three
+    classes present (an all-zero column would add a large evidence of its own)."""
+    f, y = features_labels(k=3)
+    present = np.array([0, 1, 3])[y]
+    assert stats_of(f, present, num_outputs=4).logme() == pytest.approx(stats_of(f, y).logme(), rel=1e-12)
+    assert stats_of(f, y, num_outputs=5).logme() == pytest.approx(ref_logme(f, y), rel=1e-9)
+
+
 def test_logme_prefers_features_that_separate_the_classes():
     f, y = features_labels()
     noise = np.random.default_rng(5).normal(size=f.shape)

@@ -7,6 +7,7 @@ a finetune/evaluate starts from (under everything else), then validation and sta
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -14,7 +15,7 @@ from transfer_cli.config.loader import RawConfig, apply_sets, load_raw
 from transfer_cli.config.schema import Experiment, absolute_ref
 from transfer_cli.config.validate import validate
 from transfer_cli.config.yamlio import read_mapping
-from transfer_cli.core.errors import ConfigError, UsageError
+from transfer_cli.core.errors import ConfigError, UsageError, a_or_an
 
 Stage = Literal["pretrain", "finetune", "evaluate"]
 
@@ -174,9 +175,27 @@ def _ref_problems(ref: Optional[str], key: str, flag: str, origin: str) -> list[
     if not path.exists():
         return [f"{origin}: {key}: no such run directory or weights file: {path}"]
     if path.is_dir() and not (path / "checkpoints").is_dir():
+        stage = recorded_stage(path)
+        if stage:
+            return [f"{origin}: {key}: {holds_no_weights(path, stage)}"]
         return [f"{origin}: {key}: {path} is a directory but not a run directory (no checkpoints/); "
                 f"expected a run directory or a weights file"]
     return []
+
+
+def recorded_stage(path: Path) -> Optional[str]:
+    """The stage a run directory's run.json records, or None (no run.json, or unreadable)."""
+    try:
+        info = json.loads((path / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info.get("stage") if isinstance(info, dict) and isinstance(info.get("stage"), str) else None
+
+
+def holds_no_weights(path: Path, stage: str) -> str:
+    """What to say of a run of a stage that trains nothing (evaluate, rank) given for weights."""
+    return (f"{path} is {a_or_an(stage)} run, which holds no weights (no checkpoints/); give the run that trained "
+            f"them (a pretrain or finetune run) or a weights file")
 
 
 def load_experiment(source: Path, stage: Stage, sets: list[str], registries: dict, **flags: object) -> Experiment:

@@ -17,13 +17,18 @@ class ConfigError(TransferError):
     """One or more problems in a config; all of them are listed in the message."""
 
     def __init__(self, problems: list[str], header: str = "invalid config") -> None:
-        self.problems = problems
+        self.problems, self.header = problems, header
         if len(problems) == 1:  # one problem, one line
             super().__init__(f"{header}: {problems[0]}")
             return
         lines = [f"{header} ({len(problems)} problems):"]
         lines += [f"  - {p}" for p in problems]
         super().__init__("\n".join(lines))
+
+    def __reduce__(self) -> tuple:
+        # rebuilt from its own arguments when pickled (an error raised in a forked process comes
+        # back on a pipe): the default would pass the message as `problems`, one letter a problem
+        return type(self), (self.problems, self.header)
 
 
 class DataError(TransferError):
@@ -65,8 +70,16 @@ class RaisedOnMain(TransferError):
         super().__init__(message)
         self.exit_code = exit_code
 
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.exit_code)
+
 
 def one_line(exc: BaseException) -> str:
     """The first line of an error's message (its type name when it has none)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def a_or_an(word: str) -> str:
+    """The word with its indefinite article, for messages ("an evaluate run", "a rank run")."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"

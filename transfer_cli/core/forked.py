@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional
 
 
 class ForkFailed(RuntimeError):
-    """The child ended without an answer (killed, out of memory)."""
+    """The child ended without an answer (killed, out of memory), or with one that does not
+    unpickle here: the caller can do the work itself, and meet the real error there."""
 
 
 def can_fork() -> bool:
@@ -70,7 +71,10 @@ class Forked:
             self._reap()
         if not payload:
             raise ForkFailed("the forked process ended without an answer")
-        kind, value = pickle.loads(payload)
+        try:
+            kind, value = pickle.loads(payload)
+        except Exception:  # noqa: BLE001  e.g. an exception whose __init__ takes other arguments than its args
+            raise ForkFailed("the forked process's answer could not be read back") from None
         if kind == "error":
             raise value
         return value

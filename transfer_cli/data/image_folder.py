@@ -100,8 +100,10 @@ def folder_inputs(params: ImageFolderParams, path: str, key: str) -> tuple[list[
     """(file names relative to the folder, a split of them) for unlabelled images: a flat folder or
     class sub-folders (their names are not read as labels), decoded as the run evaluated them."""
     root = require(path, key, "folder")
+    # hidden folders and files are skipped: a copied folder carries ._name metadata files (macOS)
+    # with an image's extension that are no images
     files = [p for p in image_files(root, params.extensions)
-             if not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])]
+             if not any(part.startswith(".") for part in p.relative_to(root).parts)]
     if not files:
         raise DataError(f"{key} ({root}): no image ({', '.join(sorted(_suffixes(params.extensions)))}) in it or "
                         f"its sub-folders")

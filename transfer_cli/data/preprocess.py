@@ -61,17 +61,23 @@ def _image(params: dict, name: str) -> dict:
     size = [size, size] if isinstance(size, int) else list(size)
     mode = params.get("mode", "RGB")
     normalize = bool(params.get("normalize", True))
-    return {"size": size, "resize": params.get("resize"), "mode": mode, "channels": 1 if mode == "L" else 3,
-            "resample": "bilinear", "crop": "center", "scale": 1 / 255, "normalize": normalize,
+    resize = params.get("resize")
+    resample = params.get("resample") or "bilinear"  # the run's filter (a vision model's own, when it brought one)
+    scale = params.get("rescale") or 1 / 255
+    exact = isinstance(resize, list)  # an exact [height, width], aspect ratio not kept (as ViT's processors do)
+    return {"size": size, "resize": resize, "mode": mode, "channels": 1 if mode == "L" else 3,
+            "resample": resample, "crop": "center", "scale": scale, "normalize": normalize,
             "mean": params.get("mean") if normalize else None, "std": params.get("std") if normalize else None,
-            "steps": ["convert to mode", "resize (bilinear, aspect kept) to the smallest size covering `size` "
-                      "(and with the shorter side >= `resize` when set)", "centre crop to `size` (H, W)",
-                      "pixels / 255", "(x - mean) / std per channel" if normalize else "no normalisation",
-                      "layout (C, H, W)"]}
+            "steps": ["convert to mode",
+                      f"resize ({resample}) to exactly `resize` (H, W), aspect not kept" if exact else
+                      f"resize ({resample}, aspect kept) to the smallest size covering `size` (and with the "
+                      f"shorter side >= `resize` when set)", "centre crop to `size` (H, W)", f"pixels * {scale:.6g}",
+                      "(x - mean) / std per channel" if normalize else "no normalisation", "layout (C, H, W)"]}
 
 
 def _text(params: dict, name: str) -> dict:
     return {"column": params.get("text"), "tokenizer": params.get("tokenizer"), "max_length": params.get("max_length"),
+            "pad_token": params.get("pad_token"),  # fitted at training: the tokenizer's own or the one chosen
             "layout": "x[:, 0] token ids, x[:, 1] attention mask (1 = token, 0 = padding), each padded and "
                       "truncated to max_length"}
 

@@ -89,9 +89,11 @@ def require(path: str, key: str, kind: str = "file") -> Path:
     """The path, or a DataError saying which key names a missing file/folder."""
     found = Path(path)
     ok = found.is_file() if kind == "file" else found.is_dir()
+    if not ok and found.exists():  # a folder given for a file, or the reverse
+        raise DataError(f"{key}: {found} is a {'folder' if found.is_dir() else 'file'}, but a {kind} is expected "
+                        f"here; give the {kind}")
     if not ok:
-        what = "not a file" if found.exists() else "not found"
-        raise DataError(f"{key}: {kind} {what}: {found} (relative paths are resolved against the working "
+        raise DataError(f"{key}: {kind} not found: {found} (relative paths are resolved against the working "
                         f"directory)")
     return found
 

@@ -118,7 +118,12 @@ def numeric_columns(table: Table, exclude: str) -> list[str]:
     return found
 
 
-def feature_matrix(table: Table, columns: list[str]) -> torch.Tensor:
+TRAINING_FIX = "fill it in or leave the column out of data.params.features"
+INPUTS_FIX = "fill it in (the model was trained on this feature: every input row needs it)"
+
+
+def feature_matrix(table: Table, columns: list[str], fix: str = TRAINING_FIX) -> torch.Tensor:
+    """The feature columns as floats; a cell that is not a number names its line and `fix`."""
     out = torch.empty(len(table.rows), len(columns), dtype=torch.float32)
     for j, name in enumerate(columns):
         cells = table.column(name, "features")
@@ -127,8 +132,7 @@ def feature_matrix(table: Table, columns: list[str]) -> torch.Tensor:
                 out[row, j] = float(cell)
             except ValueError:
                 problem = "is empty" if not cell.strip() else f"has {cell!r}, not a number"
-                raise DataError(f"{table.where}: line {row + 2}, column '{name}' {problem}; fill it in or leave the "
-                                f"column out of data.params.features") from None
+                raise DataError(f"{table.where}: line {row + 2}, column '{name}' {problem}; {fix}") from None
     if not torch.isfinite(out).all():
         row, col = (int(i) for i in torch.nonzero(~torch.isfinite(out))[0])
         raise DataError(f"{table.where}: line {row + 2}, column '{columns[col]}' is NaN or Inf")
@@ -190,7 +194,18 @@ def require_columns(table: Table, columns: list[str], what: str) -> None:
         hints = "".join(did_you_mean(name, table.header) for name in missing[:1])
         raise DataError(f"{table.where}: missing {what} column{'s' if len(missing) > 1 else ''} "
                         f"{', '.join(repr(m) for m in missing)}{hints}, which the model was trained on; "
-                        f"the file has: {', '.join(table.header)}")
+                        f"the file has: {', '.join(table.header)}{_delimiter_hint(table, columns)}")
+
+
+def _delimiter_hint(table: Table, columns: list[str]) -> str:
+    """One header cell holding the wanted names between another separator: the file is split by
+    another delimiter than the run's."""
+    if len(table.header) != 1:
+        return ""
+    for sep in (";", "\t", "|", ","):
+        if len(columns) > 1 and all(name in table.header[0].split(sep) for name in columns):
+            return f" (it looks separated by {sep!r}, not by the run's data.params.delimiter: convert the file)"
+    return ""
 
 
 def csv_inputs(params: CsvParams, path: str, key: str) -> tuple[Table, torch.Tensor]:
@@ -201,5 +216,5 @@ def csv_inputs(params: CsvParams, path: str, key: str) -> tuple[Table, torch.Ten
         raise DataError("data.params: the run's config records no features/mean/std (a config that was never "
                         "trained); give the run directory, or a config of the run that made the weights")
     require_columns(table, params.features, "feature")
-    x = feature_matrix(table, params.features)
+    x = feature_matrix(table, params.features, INPUTS_FIX)  # predict: the features are the run's, not optional
     return table, scaled(x, params.mean, params.std) if params.standardize else x

@@ -7,6 +7,7 @@ to max_length, held in memory and batched by indexing like any tensor data.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -19,11 +20,15 @@ from transfer_cli.data.bundle import DataBundle, TensorSplit
 from transfer_cli.data.registry import DATASETS
 from transfer_cli.data.splitting import DataPath, carve_splits, split_info
 from transfer_cli.data.tabular import Table, TableParams, read_table, require_columns, table_targets
+from transfer_cli.runs.provenance import sha256_of
 
 PAD_TOKENS = ("[PAD]", "<pad>", "<|padding|>", "<|endoftext|>")
 # a decoder-only model's tokenizer often has no padding token: its end-of-text token pads instead
 # (harmless: padding is masked, and the last non-padding token is pooled)
 EOS_TOKENS = ("</s>", "<|end_of_text|>", "<|eot_id|>", "<|im_end|>", "<eos>")
+# what transformers builds a fast tokenizer from when a model directory has no tokenizer.json
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+                   "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 
 
 class TextCsvParams(TableParams):
@@ -32,7 +37,9 @@ class TextCsvParams(TableParams):
     max_length: int = Field(128, ge=2, description="tokens per text: longer texts are truncated, shorter ones padded")
     pad_token: Optional[str] = Field(None, description="the padding token; default: the tokenizer's own, else the "
                                                        "first of its known padding or end-of-text tokens (recorded)")
-    fitted_keys: ClassVar[tuple[str, ...]] = ("classes", "pad_token")
+    tokenizer_sha256: Optional[str] = Field(None, description="recorded at training: the sha256 of the tokenizer's "
+                                                              "files; a later stage refuses a tokenizer that differs")
+    fitted_keys: ClassVar[tuple[str, ...]] = ("classes", "pad_token", "tokenizer_sha256")
 
 
 @DATASETS.register("text_csv", params=TextCsvParams)
@@ -42,6 +49,7 @@ def text_csv(params: TextCsvParams, *, seed: int) -> DataBundle:
               for split, path in params.sources().items()}
     targets = table_targets(tables, params)
     tokenizer = load_tokenizer(Path(params.tokenizer), params.max_length, params.pad_token)
+    fingerprint = check_tokenizer(params)
     given, truncated = {}, 0
     for split, table in tables.items():
         x, cut = tokenize(tokenizer, table.column(params.text, "text"), params.max_length)
@@ -54,7 +62,7 @@ def text_csv(params: TextCsvParams, *, seed: int) -> DataBundle:
               "pad_token": tokenizer.padding["pad_token"],
               "vocab_size": tokenizer.get_vocab_size(), "truncated_texts": truncated,
               **split_info(params, {name: len(s) for name, s in splits.items()}, targets.strata is not None)},
-        fitted={"pad_token": tokenizer.padding["pad_token"],
+        fitted={"pad_token": tokenizer.padding["pad_token"], "tokenizer_sha256": fingerprint,
                 **({"classes": targets.class_names} if targets.class_names else {})},
     )
 
@@ -64,6 +72,7 @@ def text_inputs(params: TextCsvParams, path: str, key: str) -> tuple[Table, torc
     table = read_table(path, key, params.delimiter)
     require_columns(table, [params.text], "text")
     tokenizer = load_tokenizer(Path(params.tokenizer), params.max_length, params.pad_token)
+    check_tokenizer(params)
     return table, tokenize(tokenizer, table.column(params.text, "text"), params.max_length)[0]
 
 
@@ -90,6 +99,31 @@ def load_tokenizer(path: Path, max_length: int, pad_token: Optional[str] = None)
     tokenizer.enable_truncation(max_length)
     tokenizer.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad_token)
     return tokenizer
+
+
+def tokenizer_sha256(path: Path) -> str:
+    """The sha256 of what the tokenizer is read from: the tokenizer.json file, or (a model directory
+    without one) the files transformers builds it from, with their names."""
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if file.is_file():
+        return sha256_of(file)
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (path / name).is_file():
+            digest.update(f"{name}:{sha256_of(path / name)}\n".encode())
+    return digest.hexdigest()
+
+
+def check_tokenizer(params: TextCsvParams) -> str:
+    """The tokenizer's sha256, refused when the run recorded another: a changed tokenizer maps texts
+    to ids the model never learned, silently."""
+    now = tokenizer_sha256(Path(params.tokenizer))
+    recorded = params.tokenizer_sha256
+    if recorded is not None and recorded != now:
+        raise DataError(f"data.params.tokenizer: {params.tokenizer} is not the tokenizer the run was trained with "
+                        f"(sha256 {recorded[:12]}... recorded in the run's config.yaml, {now[:12]}... now); restore "
+                        f"that tokenizer, or fine-tune again with this one")
+    return now
 
 
 def _converted(directory: Path) -> Any:

@@ -4,7 +4,7 @@ task, computed from one pass over the target's training data, without training.
 - LogME (You et al., ICML 2021): the log marginal evidence of a Bayesian linear model on the
   features, per target column (one-hot classes, or each regression target), maximised over
   its prior/noise precisions by the paper's fixed-point iteration on the eigendecomposition of
-  F^T F; the mean over columns, per sample.
+  F^T F; the mean over columns (those not all zero), per sample.
 - H-score with shrinkage (Bao et al. 2019; Ibrahim et al., ICLR 2022): tr(cov_f^-1 cov_g), with
   cov_f the Ledoit-Wolf shrunk feature covariance and cov_g the covariance of the class means.
 - NCE (Tran et al., ICCV 2019): -H(Y | Z), Z the source head's argmax on each target sample.
@@ -130,11 +130,18 @@ class FeatureStatistics:
 # ---- LogME -------------------------------------------------------------------------------------
 def logme_from_statistics(gram: torch.Tensor, fty: torch.Tensor, y_sq: torch.Tensor, n: int) -> float:
     """LogME from F^T F (d x d), F^T Y (d x K), the column sums of Y^2 (K) and n: the mean over
-    the K columns of the maximised log evidence per sample."""
+    the K columns of the maximised log evidence per sample.
+
+    An all-zero column (a class or label with no sample in the data) is left out: y = 0 is fitted
+    exactly by w = 0, so its evidence grows with the precisions up to the epsilon's cap (a large
+    positive number that depends on the features) and would swamp the columns that say something."""
     eigenvalues, vectors = torch.linalg.eigh(gram.double())
     s = eigenvalues.clamp_min(0.0)  # F^T F is PSD; rounding can make its smallest eigenvalues negative
     projected = vectors.T @ fty.double()  # V^T F^T y for every column
-    evidences = [_column_evidence(s, projected[:, k], float(y_sq[k]), n) for k in range(fty.shape[1])]
+    columns = [k for k in range(fty.shape[1]) if float(y_sq[k]) > 0.0]
+    if not columns:
+        raise ValueError("LogME needs a target column that is not all zero")
+    evidences = [_column_evidence(s, projected[:, k], float(y_sq[k]), n) for k in columns]
     return sum(evidences) / len(evidences)
 
 

@@ -16,7 +16,9 @@ def copy_tokenizer(spec: dict, folder: Path) -> Any:
     """Write folder/tokenizer.json from the tokenizer the preprocessing names; point the spec at it
     (the source path stays as `tokenizer_source`). Returns the tokenizers.Tokenizer."""
     text = spec["text"]
-    tokenizer = load_tokenizer(Path(text["tokenizer"]), int(text["max_length"]))
+    # the run's padding token, not a fresh guess: a pad_token the config chose (or a decoder's
+    # end-of-text token) must pad the exported tokenizer as it padded the training texts
+    tokenizer = load_tokenizer(Path(text["tokenizer"]), int(text["max_length"]), text.get("pad_token"))
     tokenizer.save(str(folder / FILE))
     text["tokenizer_source"], text["tokenizer"] = text["tokenizer"], FILE
     return tokenizer

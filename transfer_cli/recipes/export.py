@@ -16,7 +16,7 @@ import torch
 
 from transfer_cli.config.resolve import load_experiment
 from transfer_cli.core.console import Console
-from transfer_cli.core.errors import CheckpointError, UsageError
+from transfer_cli.core.errors import CheckpointError, UsageError, a_or_an
 from transfer_cli.data.preprocess import preprocess_spec
 from transfer_cli.export.card import model_card
 from transfer_cli.export.folder import check_target, staged
@@ -58,6 +58,8 @@ def export_run(ref: str, fmt: str, out: Optional[Path], overwrite: bool, console
 
         check_mappable(model)
     check_split, check = _check_batch(parts.data, exp.eval.split)
+    with torch.no_grad():  # once, eagerly: a model's one-time input checks (hf_encoder's token ids, a
+        model(check)       # data-dependent branch) are then done, and stay out of the traced graph
     spec = preprocess_spec(run.read_config(), run_info, where=str(run.path))
     facts = {"format": fmt, "run": str(run.path), "ref": ref, "weights": str(weights), "step": _step(weights),
              "weights_kind": _kind(run.path, weights), "lora_merged": exp.transfer.strategy == "lora",
@@ -120,8 +122,8 @@ def _read_run(run: RunDir) -> tuple[dict, dict]:
     if any(path.glob("seed-*/run.json")):
         raise UsageError(f"{path} is a multi-seed run; export one of its seed runs, e.g. {path}/seed-0")
     if info.get("stage") == "evaluate" or not run.checkpoints.is_dir():
-        raise CheckpointError(f"{path} holds no weights (a {info.get('stage', 'run')} run without checkpoints/); "
-                              f"export the run that trained them")
+        raise CheckpointError(f"{path} holds no weights ({a_or_an(info.get('stage', 'run'))} run without "
+                              f"checkpoints/); export the run that trained them")
     report = path / "report.json"
     if not report.is_file():
         raise UsageError(f"{path} has no report.json (status: {info.get('status', 'unknown')}); finish the run "
@@ -130,11 +132,16 @@ def _read_run(run: RunDir) -> tuple[dict, dict]:
 
 
 def _check_batch(data: Any, split: str) -> tuple[str, torch.Tensor]:
-    """The first CHECK_SAMPLES samples of the eval split (else val, else any split)."""
-    name = next(s for s in (split, "val", "test", "train", *data.splits) if s in data.splits)
+    """The first CHECK_SAMPLES samples of the eval split, else of the first of val, test, train
+    (then any) that has the 3 samples the check needs."""
+    order = list(dict.fromkeys(s for s in (split, "val", "test", "train", *data.splits) if s in data.splits))
+    sizes = {name: len(data.split(name)) for name in order}
+    name = next((s for s in order if sizes[s] >= 3), None)
+    if name is None:
+        shown = ", ".join(f"{s} {n}" for s, n in sizes.items())
+        raise UsageError(f"the run's splits hold too few samples for the round-trip check, which needs 3 in one "
+                         f"split ({shown})")
     x, _ = next(iter(data.split(name).batches(CHECK_SAMPLES, torch.device("cpu"))))
-    if len(x) < 3:
-        raise UsageError(f"the run's {name} split has {len(x)} samples; the round-trip check needs at least 3")
     return name, x
 
 

@@ -52,11 +52,15 @@ def predict(opts: PredictOptions, console: Console) -> dict:
     if opts.format not in FORMATS:
         raise UsageError(f"--format: expected {' or '.join(FORMATS)}, got {opts.format!r}")
     out = check_target(opts.out, opts.overwrite, "--out")
+    if out.exists() and out.resolve() == Path(opts.inputs).resolve():  # even with --overwrite: surely a slip
+        raise UsageError(f"--out: {opts.out} is INPUTS itself; the predictions would replace the inputs: give "
+                         f"another file name")
     exp, facts = experiment_of(opts)
     device = _device(opts.device)
     model = MODELS.build(exp.model.name, exp.model.params, input_shape=tuple(facts["input_shape"]),
                          num_outputs=facts["num_outputs"]).to(device)
     weights, run_dir = load_exact(model, exp.eval.checkpoint, exp.transfer.keys)
+    warn_unfinished(run_dir, weights, console)
     inputs = read_inputs(exp.data.name, exp.data.params, str(opts.inputs), opts.id_column)
     check_shape(inputs, tuple(facts["input_shape"]), opts.inputs)
     tic = time.perf_counter()
@@ -87,6 +91,15 @@ def _device(name: str) -> torch.device:
         return resolve_device(name)
     except ConfigError as exc:
         raise UsageError("--device: " + exc.problems[0].split(": ", 1)[-1]) from None
+
+
+def warn_unfinished(run_dir: Optional[Path], weights: Path, console: Console) -> None:
+    """Labels from a run that did not complete (still running, failed, interrupted) are the
+    checkpoint it had reached: said, so no one mistakes them for the finished model's."""
+    status = RunDir(run_dir).read_run().get("status") if run_dir is not None else None
+    if status not in (None, "completed"):
+        console.warn(f"{run_dir} is {status}, not completed: predicting with the checkpoint it had reached "
+                     f"({weights.parent.name}); finish it (--resume) for the final weights")
 
 
 def refuse_torchrun() -> None:

@@ -36,8 +36,9 @@ from transfer_cli.report.headline import SCHEMA_VERSION
 from transfer_cli.report.ranking import SCORES, ranking_markdown, ranking_table
 from transfer_cli.runs.provenance import device_name, now
 from transfer_cli.runs.rundir import RunDir
-from transfer_cli.train.features import FeatureStore, feature_batches, feature_key
+from transfer_cli.train.features import FeatureStore, feature_batches, feature_key, feature_key_applies
 from transfer_cli.train.seeding import seed_everything
+from transfer_cli.weights.files import resolve_weights
 from transfer_cli.weights.load import load_initial_weights
 
 NO_SOURCE_HEAD = "n/a: no classification source head"
@@ -74,6 +75,7 @@ class Budget:
 def rank(config: Path, refs: list[str], sets: list[str], opts: RunOptions, validate: Optional[str],
          console: Console) -> dict:
     budget = Budget.parse(validate) if validate is not None else None
+    check_target_config(config)
     path = Path(opts.run_dir) if opts.run_dir else default_run_dir(config)
     run = check_run_dir(path, opts.mode if opts.mode != "resume" else "overwrite", resumable=False)
     candidates = resolve_candidates(config, refs, sets)
@@ -103,6 +105,15 @@ def rank(config: Path, refs: list[str], sets: list[str], opts: RunOptions, valid
     run.update_run(status="completed", ended_at=now(), device=device_name(device), data=report["data"])
     console.show(ranking_table(report))
     return report
+
+
+def check_target_config(config: Path) -> None:
+    """The first argument is the target's config file; a run directory there is a common slip."""
+    if config.is_dir():
+        own = config / "config.yaml"
+        hint = f" (that run's config is {own})" if own.is_file() else ""
+        raise UsageError(f"TARGET_CONFIG: {config} is a directory; `transfer rank` takes the target task's config "
+                         f"file first{hint}, then the candidates")
 
 
 def default_run_dir(config: Path) -> Path:
@@ -155,16 +166,31 @@ def candidate_kind(ref: str) -> tuple[str, Path]:
         return "run", path
     if (path / "config.json").is_file() and path == Path(ref):
         return "hf_folder", path
+    if (path / "run.json").is_file():  # a run of a stage without weights (evaluate, rank)
+        resolve_weights(ref)  # says which stage it is, in one line
     raise UsageError(f"candidate {ref}: {path} is a directory but neither a run directory (no checkpoints/) nor a "
                      f"Hugging Face model folder (no config.json); expected one of those or a weights file")
 
 
 def short_labels(refs: list[str]) -> list[str]:
-    from transfer_cli.report.compare import short_labels as path_labels
-
+    """Each candidate's label: the shortest trailing part of its path that no other candidate's
+    path ends with (runs/a/pretrain, runs/b/pretrain, x.safetensors -> a/pretrain, b/pretrain,
+    x.safetensors), then its @last/@best as given."""
     bare = [r.rpartition("@")[0] if r.endswith(("@last", "@best")) else r for r in refs]
-    labels = path_labels([Path(b) for b in bare])
+    parts = [Path(b).absolute().parts for b in bare]
+    labels = []
+    for i, own in enumerate(parts):
+        others = [p for p in parts if p != own]  # the same run named @last and @best: told apart by that
+        depth = next((d for d in range(1, len(own) + 1) if all(p[-d:] != own[-d:] for p in others)), None)
+        labels.append("/".join(own[-depth:]) if depth else str(Path(bare[i]).absolute()))
     return [label + ref[len(b):] for label, ref, b in zip(labels, refs, bare)]
+
+
+def folder_name(index: int, label: str) -> str:
+    """A --validate run's folder: NN-label with the path's separators and @ as dashes, without a
+    weights file's extension (00-source-last, 01-a-pretrain, 02-random)."""
+    stem = re.sub(r"\.(safetensors|pt|pth|bin)(?=$|@)", "", label)
+    return f"{index:02d}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")
 
 
 def check_train_split(data: DataBundle, config: Path) -> None:
@@ -190,11 +216,25 @@ def score_candidate(cand: Candidate, data: DataBundle, device: torch.device, con
               "feature_dim": stats.dim, "samples": stats.n, "extraction_seconds": round(extraction, 3),
               "score_seconds": round(time.perf_counter() - tic, 3), "features_from_cache": from_cache,
               "scores": scores, "not_applicable": na,
-              "source_head": None if head.get("task") is None else {k: head[k] for k in ("task", "classes")}}
+              "source_head": None if head.get("task") is None else
+              {k: head[k] for k in ("task", "classes", "task_from")}}
     shown = ", ".join(f"{name} {value:.4g}" for name, value in scores.items() if value is not None)
-    console.info(f"rank: {cand.label}: {shown}; {stats.dim} features of {stats.n} samples in {extraction:.2f} s"
-                 + (" (features read from the cache)" if from_cache else ""))
+    console.info(f"rank: {cand.label}: {shown}; {stats.dim} features of {stats.n} samples "
+                 + cache_note(exp.transfer.feature_cache_dir, from_cache, train, extraction))
     return result
+
+
+def cache_note(folder: Optional[str], from_cache: bool, train: Any, seconds: float) -> str:
+    """How the features were had: read from the cache (no backbone pass), or extracted (and kept
+    in the cache, or why not)."""
+    if from_cache:
+        return f"read from the feature cache {folder} in {seconds:.2f} s (the backbone did not run)"
+    note = f"extracted in {seconds:.2f} s"
+    if folder and feature_key_applies(train):
+        return note + f" (kept in {folder} for a later linear probe)"
+    if folder:
+        return note + f" (not kept in {folder}: only data held in memory is cached on disk, not {type(train).__name__})"
+    return note
 
 
 def load_candidate(cand: Candidate, model: TransferModel) -> tuple[dict, dict]:
@@ -211,23 +251,39 @@ def load_candidate(cand: Candidate, model: TransferModel) -> tuple[dict, dict]:
 
 
 def source_head(cand: Candidate, tensors: dict, feature_dim: int) -> dict:
-    """The candidate's own head as a classifier over the target's features, if it is one: a run's
-    task is in its run.json; a weights file's head is taken for a softmax classifier."""
+    """The candidate's own head as a classifier over the target's features, if it is one: the task
+    is read from the run.json of the run that wrote the weights (a run, or a weights file inside a
+    run's checkpoints/); a weights file of no run: several outputs are taken for a softmax classifier,
+    one output is refused (binary or regression cannot be told apart)."""
     weight, bias = tensors.get("head.weight"), tensors.get("head.bias")
     if weight is None or weight.ndim != 2:
         return {"reason": NO_SOURCE_HEAD + " (the weights hold no head)"}
     if weight.shape[1] != feature_dim:
         return {"reason": NO_SOURCE_HEAD + f" (its head takes {weight.shape[1]} features, the backbone gives "
                                            f"{feature_dim})"}
-    task = "multiclass" if weight.shape[0] > 1 else "binary"
-    if cand.kind == "run":
-        folder = Path(cand.ref.rpartition("@")[0] if cand.ref.endswith(("@last", "@best")) else cand.ref)
-        task = (RunDir(folder).read_run().get("data") or {}).get("task") or task
+    run = owning_run(cand)
+    task = (RunDir(run).read_run().get("data") or {}).get("task") if run is not None else None
+    task_from = "run.json" if task else "assumed from the head's shape (a weights file of no run)"
+    if task is None and weight.shape[0] == 1:
+        return {"reason": NO_SOURCE_HEAD + " (a one-output head of a weights file outside a run may be binary or "
+                                           "regression; give the run directory that trained it)"}
+    task = task or "multiclass"
     if task not in ("multiclass", "binary"):
         return {"reason": NO_SOURCE_HEAD + f" (the source task is {task})"}
     bias = bias if bias is not None else torch.zeros(weight.shape[0])
     classes = 2 if task == "binary" else weight.shape[0]
-    return {"weight": weight.double(), "bias": bias.double(), "task": task, "classes": classes}
+    return {"weight": weight.double(), "bias": bias.double(), "task": task, "classes": classes,
+            "task_from": task_from}
+
+
+def owning_run(cand: Candidate) -> Optional[Path]:
+    """The run directory of a run candidate, or of a weights file inside <run>/checkpoints/<name>/."""
+    if cand.kind == "run":
+        return Path(cand.ref.rpartition("@")[0] if cand.ref.endswith(("@last", "@best")) else cand.ref)
+    path = Path(cand.ref)
+    if len(path.parents) >= 3 and path.parents[1].name == "checkpoints" and (path.parents[2] / "run.json").is_file():
+        return path.parents[2]
+    return None
 
 
 def source_probabilities(features: torch.Tensor, head: dict) -> torch.Tensor:
@@ -274,7 +330,11 @@ def accumulate(model: TransferModel, exp: Experiment, data: DataBundle, train: A
 
 def compute_scores(stats: FeatureStatistics, task: str, head: dict) -> tuple[dict, dict]:
     """{score: value or None}, {score: why it does not apply}."""
-    scores: dict[str, Optional[float]] = {"logme": stats.logme()}
+    try:
+        scores: dict[str, Optional[float]] = {"logme": stats.logme()}
+    except ValueError:
+        raise DataError(f"transfer rank: every target of the training split is 0 ({task}); LogME has nothing to "
+                        f"score: check the data's label or target columns") from None
     na: dict[str, str] = {}
     single_label = task in ("multiclass", "binary")
     scores["hscore"] = stats.hscore() if single_label else None
@@ -314,7 +374,7 @@ def validate_candidates(candidates: list[Candidate], results: list[dict], budget
         exp.train.epochs, exp.train.max_steps = budget.epochs or exp.train.epochs, budget.max_steps
         exp.transfer.baseline = "none"  # the candidates are compared with each other, not with scratch
         exp.run_dir = None
-        folder = root / "finetune" / f"{index:02d}-{re.sub(r'[^A-Za-z0-9._-]+', '-', cand.label).strip('-')}"
+        folder = root / "finetune" / folder_name(index, cand.label)
         console.info(f"validate: fine-tuning {cand.label} for {budget.describe()} -> {folder}")
         report = finetune(exp, RunOptions(run_dir=str(folder), smoke=opts.smoke), console)
         metric, higher = report["headline"]["metric"], report["headline"]["higher_is_better"]

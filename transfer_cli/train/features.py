@@ -56,10 +56,16 @@ def can_cache(split: object, setting: object) -> tuple[bool, str]:
 
 
 # ---- on disk ---------------------------------------------------------------------------------
+def feature_key_applies(split: Any) -> bool:
+    """Whether a split's features can be kept on disk: data held in memory (data decoded by workers
+    is not hashed: that would cost a pass over the files)."""
+    return isinstance(split, TensorSplit)
+
+
 def feature_key(model: TransferModel, architecture: dict, split: Any, precision: str) -> Optional[str]:
-    """The sha256 naming a split's features under this backbone: None for data that is not held
-    in memory (decoded by workers: hashing it would cost a pass over the files)."""
-    if not isinstance(split, TensorSplit):
+    """The sha256 naming a split's features under this backbone: None where the key does not apply
+    (see feature_key_applies)."""
+    if not feature_key_applies(split):
         return None
     digest = hashlib.sha256(json.dumps({"model": architecture, "precision": precision}, sort_keys=True).encode())
     tensors = sorted(model.backbone.state_dict().items()) + [("x", split.x), ("y", split.y)]

@@ -12,6 +12,7 @@ import yaml
 from transfer_cli.config.schema import Experiment
 from transfer_cli.core.console import Console
 from transfer_cli.core.errors import CheckpointError, RunDirError
+from transfer_cli.data.registry import DATASETS
 from transfer_cli.dist import distributed
 from transfer_cli.runs import checkpoints as ckpt
 from transfer_cli.runs.rundir import RunDir
@@ -148,8 +149,12 @@ def check_same_config(run: RunDir, exp: Experiment, smoke: bool = False) -> None
         stored = Experiment.model_validate(stored).model_dump(mode="json")
     except ValueError:  # a config of an older schema: compared as it is written
         pass
-    # a run dir that was moved resumes, and so does one with a tracker turned on or off
-    differences = _diff(_without(stored, NOT_COMPARED), _without(exp.model_dump(mode="json"), NOT_COMPARED))
+    # where the run lives and where it is tracked are not part of the experiment: a run dir that
+    # was moved resumes, and so does one with a tracker turned on or off
+    stored = _without(stored, NOT_COMPARED)
+    current = _without(exp.model_dump(mode="json"), NOT_COMPARED)
+    _drop_unrecorded_fitted(stored, current, exp.data.name)
+    differences = _diff(stored, current)
     if differences:
         shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
         raise RunDirError(f"cannot resume {run.path}: the config differs from the run's config.yaml at {shown}. "
@@ -169,6 +174,19 @@ def _without(config: dict, paths: tuple[str, ...]) -> dict:
         else:
             node.pop(last, None)
     return out
+
+
+def _drop_unrecorded_fitted(stored: dict, current: dict, data_name: str) -> None:
+    """A fitted data param the run's config.yaml does not hold was added to its source after the run
+    started (e.g. text_csv's tokenizer_sha256): recording it now is not a change of experiment."""
+    keys = getattr(DATASETS.get(data_name).params, "fitted_keys", ()) if data_name in DATASETS else ()
+    old, new = ((c.get("data") or {}).get("params") for c in (stored, current))
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return
+    for key in keys:
+        if old.get(key) is None:
+            old.pop(key, None)
+            new.pop(key, None)
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from transfer_cli.config.resolve import holds_no_weights, recorded_stage
 from transfer_cli.core.errors import CheckpointError, one_line
 from transfer_cli.runs.checkpoints import WEIGHTS, alias_target, verify
 
@@ -76,6 +77,9 @@ def resolve_weights(ref: str) -> tuple[Path, Path | None]:
         raise CheckpointError(f"{path} is a multi-seed run; name one of its seed runs, e.g. {path}/seed-N")
     root = path / "checkpoints"
     if not root.is_dir():
+        stage = recorded_stage(path)
+        if stage:  # an evaluate or rank run: a run directory, but of a stage that trains nothing
+            raise CheckpointError(holds_no_weights(path, stage))
         raise CheckpointError(f"{path}: not a run directory (no checkpoints/) and not a weights file")
     order = [alias] if alias else ["best", "last"]
     for name in order:

@@ -147,8 +147,13 @@ def load_exact(model: torch.nn.Module, ref: str, keys: Optional[KeyMap] = None) 
     if missing or unexpected or mismatched:
         details = "; ".join(f"{n}: {_short(keys)}" for n, keys in
                             (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)) if keys)
-        head_differs = any(m.startswith(HEAD_PREFIX) for m in mismatched)
-        hint = " (its head does not match the number of classes in the data)" if head_differs else ""
+        # the head alone differing means other classes; anything else differing means another model
+        only_head = bool(mismatched) and not (missing or unexpected) and all(m.startswith(HEAD_PREFIX)
+                                                                              for m in mismatched)
+        backbone_differs = any(not m.startswith(HEAD_PREFIX) for m in mismatched)
+        hint = (" (its head does not match the number of classes in the data)" if only_head else
+                " (it is another architecture than the config's model: give the config that trained it)"
+                if backbone_differs else "")
         key_hint = suggest_key_map(state, target) if (missing or unexpected) and run_dir is None else ""
         raise CheckpointError(f"the checkpoint {path} does not fit the model{hint}: {details}{key_hint}")
     model.load_state_dict(state)

@@ -9,7 +9,8 @@ Runs each probe in a fresh process several times and prints the median [min-max]
   our metrics                 transfer_cli.eval.metrics: torch and only the parts of torchmetrics used
   first optimizer             torch imports its compiler stack (torch._dynamo) on the first optimizer
   pretrain: first step        `transfer pretrain configs/quickstart/pretrain.yaml --smoke`, from the
-                              start of the process to the engine's first training step, and to its end
+                              start of the process to the engine's first training step, and to its end,
+                              with the breakdown of the whole command into its phases
 
     python scripts/bench_startup.py [--repeats 5]
 """
@@ -27,21 +28,50 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# run in the child: seconds from its first line to the engine's first training step, on stderr
+# run in the child: seconds from its first line to each mark (on stderr), from which the breakdown
+# of the smoke pretrain is taken; wrapping the functions costs microseconds
 FIRST_STEP_PROBE = """
 import sys, time
 start = time.perf_counter()
+def mark(name):
+    print(f"MARK {name} {time.perf_counter() - start:.4f}", file=sys.stderr)
+def wrap(owner, attribute, before=None, after=None):
+    original = getattr(owner, attribute)
+    def wrapped(*args, **kwargs):
+        if before: mark(before)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if after: mark(after)
+    setattr(owner, attribute, wrapped)
+from transfer_cli.recipes import pretrain as recipe
+from transfer_cli.report import write
 from transfer_cli.train import engine
-fit = engine.Engine.fit
-def timed_fit(self, *args, **kwargs):
-    print(f"FIRST_STEP {time.perf_counter() - start:.3f}", file=sys.stderr)
-    engine.Engine.fit = fit
-    return fit(self, *args, **kwargs)
-engine.Engine.fit = timed_fit
+wrap(recipe, "pretrain", before="recipe")
+wrap(recipe, "build_parts", after="parts")
+wrap(engine.Engine, "fit", before="first_step", after="fit_end")
+wrap(write, "draw_plots", before="pictures", after="pictures_end")
 from transfer_cli.cli import main
 sys.argv = ["transfer", *sys.argv[1:]]
 main()
 """
+
+# the breakdown: from one mark to the next (the last phase ends with the process)
+PHASES = [
+    ("start", "recipe", "Python, imports, CLI, config"),
+    ("recipe", "parts", "data and model (data forked; torch._dynamo)"),
+    ("parts", "first_step", "optimizer, memory estimate, run dir"),
+    ("first_step", "fit_end", "3 steps, an evaluation, a checkpoint"),
+    ("fit_end", "pictures", "final evaluation, reports"),
+    ("pictures", "pictures_end", "pictures (2 processes)"),
+    ("pictures_end", "end", "exit, and the interpreter's start"),
+]
+
+
+def marks(output: str, total: float) -> dict[str, float]:
+    found = {line.split()[1]: float(line.split()[2]) for line in output.splitlines() if line.startswith("MARK ")}
+    return {"start": 0.0, **found, "end": total}
+
 
 IMPORT_PROBES = {
     "import torch": "import torch",
@@ -86,12 +116,15 @@ def main() -> None:
             seconds, output = wall([sys.executable, "-c", FIRST_STEP_PROBE, "pretrain",
                                     str(ROOT / "configs/quickstart/pretrain.yaml"), "--smoke", "--quiet",
                                     "--run-dir", str(run_dir)], Path(tmp))
-            record("pretrain --smoke: first training step", tagged(output, "FIRST_STEP"))
+            at = marks(output, seconds)
+            record("pretrain --smoke: first training step", at["first_step"])
             record("pretrain --smoke: whole command", seconds)
+            for begin, end, what in PHASES:
+                record(f"    {what}", at[end] - at[begin])
     load = os.getloadavg()
     print(f"medians of {args.repeats} fresh processes; load average {load[0]:.2f} on {os.cpu_count()} CPUs")
     for name, values in results.items():
-        print(f"  {name:<40} {summary(values)}")
+        print(f"  {name:<48} {summary(values)}")
 
 
 if __name__ == "__main__":

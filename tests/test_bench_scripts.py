@@ -67,3 +67,13 @@ def test_bench_sweep_compares_the_feature_cache_modes_and_the_plain_loop() -> No
     for mode in ("shared cache", "cache per trial", "no caching", "plain loop"):
         assert mode in out
     assert "the same in every mode: True" in out
+
+
+@pytest.mark.slow  # ~10 s: six fresh processes, one of them a smoke pretrain
+def test_bench_startup_breaks_the_smoke_pretrain_into_phases_that_add_up() -> None:
+    out = _script("scripts/bench_startup.py", "--repeats", "1")
+    seconds = {line[:50].strip(): float(line[50:].split()[0]) for line in out.splitlines() if line.startswith("  ")}
+    phases = [value for name, value in seconds.items() if name.startswith(("Python", "data", "optimizer", "3 steps",
+                                                                            "final", "pictures", "exit"))]
+    assert len(phases) == 7 and all(value >= 0 for value in phases)
+    assert sum(phases) == pytest.approx(seconds["pretrain --smoke: whole command"], abs=0.02)

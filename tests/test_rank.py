@@ -139,6 +139,7 @@ def test_features_are_shared_with_a_later_linear_probe(here: Path):
                     "--set", "transfer.strategy=linear_probe", *sets)
     assert probe.exit_code == 0, probe.output
     assert "features of the train split read from" in probe.stdout
+    assert "the backbone ran once" not in probe.stdout  # it did not run over the training split
 
 
 def test_a_weights_files_head_takes_the_task_of_the_run_that_wrote_it(here: Path):

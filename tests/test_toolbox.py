@@ -175,6 +175,14 @@ def test_lora_run_exports_merged_plain_weights(pretrained: Path) -> None:
     assert result.json()["metrics"]["test"] == read_json(run / "report.json")["metrics"]["test"]
 
 
+
+def test_a_lora_run_counts_as_trainable_what_its_phase_trains(pretrained: Path) -> None:
+    model = read_json(finetune("transfer.strategy=lora") / "run.json")["model"]
+    # frozen: the backbone's own parameters (its BatchNorm statistics are buffers, not parameters)
+    backbone = [t for k, t in weights(pretrained).items() if k.startswith("backbone.") and not k.endswith((*BN_STATS, "num_batches_tracked"))]
+    assert model["parameters"] - model["trainable"] == sum(t.numel() for t in backbone) > 0
+
+
 def test_cached_and_uncached_runs_evaluate_at_the_same_steps(pretrained: Path) -> None:
     common = ("transfer.strategy=lp_ft", "train.epochs=3", "train.eval_every_steps=4")
     cached = finetune(*common, "transfer.cache_features=true", extra=("--run-dir", "runs/cached"))

@@ -44,7 +44,8 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
     created = []  # whether this command's run.json exists: only then a stop is recorded in it
 
     def begin() -> dict:
-        info = start_run(run, stage, exp, parts, opts, lineage, resumed_at=state.step if opts.resume else None)
+        info = start_run(run, stage, exp, parts, opts, lineage, resumed_at=state.step if opts.resume else None,
+                         trains=trainer.trains_ever)
         created.append(True)
         return info
 
@@ -57,7 +58,7 @@ def train_and_report(stage: str, exp: Experiment, parts: Parts, opts: RunOptions
             trainer.add_callback(callback)
         run.update_run(strategy={"name": exp.transfer.strategy, "phases": phases_summary(trainer.plan)},
                        memory=trainer.memory)
-        console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model)}; {trainer.total} steps "
+        console.info(f"{stage}: {data_line(parts.data)}; {model_line(exp, parts.model, trainer.trains_ever)}; {trainer.total} steps "
                      f"on {parts.device}; run dir {path}")
         tic = time.perf_counter()
         trainer.fit(train, val, state)

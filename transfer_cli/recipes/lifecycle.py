@@ -5,7 +5,7 @@ the answer when a resumed run had already completed."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 from transfer_cli.config.schema import Experiment
 from transfer_cli.core.console import Console
@@ -41,7 +41,7 @@ def check_run_dir(path: Path, mode: str, needed_bytes: int = 0, resumable: bool 
 
 
 def start_run(run: RunDir, stage: str, exp: Experiment, parts: Optional[Parts], opts: RunOptions, lineage: dict,
-              resumed_at: Optional[int] = None) -> dict:
+              resumed_at: Optional[int] = None, trains: Optional[Collection[str]] = None) -> dict:
     """Create the run dir with config.yaml and run.json (status running)."""
     previous = run.read_run() if resumed_at is not None else {}
     info = {
@@ -53,7 +53,7 @@ def start_run(run: RunDir, stage: str, exp: Experiment, parts: Optional[Parts], 
     }
     if parts is not None:
         info.update(device=device_name(parts.device), data=data_info(exp, parts.data),
-                    model=model_info(exp, parts.model))
+                    model=model_info(exp, parts.model, trains))
     if resumed_at is not None:
         info["resumed"] = previous.get("resumed", []) + [{"at": now(), "step": resumed_at}]
         info["resumed_at"] = resumed_at

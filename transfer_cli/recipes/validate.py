@@ -22,16 +22,16 @@ def validate_only(exp: Experiment, stage: str, opts: RunOptions, console: Consol
     if stage == "evaluate":
         load_exact(parts.model, exp.eval.checkpoint, exp.transfer.keys)
     path = run_path(exp, opts, stage)
-    steps, memory = 0, None
+    steps, memory, trains = 0, None, None
     if stage != "evaluate":
         trainer = Trainer(exp, parts, None, console)  # prints the memory estimate
-        steps, memory = trainer.total, trainer.memory
+        steps, memory, trains = trainer.total, trainer.memory, trainer.trains_ever
     if (path / "run.json").is_file():
         console.info(f"note: {path} already holds a run; {stage} would need --resume or --overwrite")
     else:
         RunDir.check(path, "new")
     summary = {"stage": stage, "run_dir": str(path), "data": data_info(exp, parts.data),
-               "model": model_info(exp, parts.model), "steps": steps, "device": str(parts.device),
+               "model": model_info(exp, parts.model, trains), "steps": steps, "device": str(parts.device),
                "monitor": parts.monitor, "memory": memory}
     console.info(f"ok: {stage} config is valid; {summary['model']['parameters']:,} parameters, "
                  f"{steps} steps, run dir {path}")

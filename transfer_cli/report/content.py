@@ -3,7 +3,7 @@ data and the model that run.json and the console show."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Collection, Optional
 
 from torch import nn
 
@@ -57,9 +57,12 @@ def input_dtype(data: DataBundle) -> str:
     return str(x.dtype).removeprefix("torch.") if x is not None else "float32"
 
 
-def model_info(exp: Experiment, model: nn.Module) -> dict:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+def model_info(exp: Experiment, model: nn.Module, trains: Optional[Collection[str]] = None) -> dict:
+    """Parameter counts; `trains`: the names that train in some phase of the run (without it,
+    those that require grad now, which before training is all of a LoRA or linear-probe model)."""
+    named = list(model.named_parameters())
+    total = sum(p.numel() for _, p in named)
+    trainable = sum(p.numel() for name, p in named if (name in trains if trains is not None else p.requires_grad))
     return {"name": exp.model.name, "parameters": total, "trainable": trainable}
 
 
@@ -68,6 +71,6 @@ def data_line(data: DataBundle) -> str:
     return f"data {data.task} {data.num_outputs} outputs, {'/'.join(data.splits)} = {sizes}"
 
 
-def model_line(exp: Experiment, model: nn.Module) -> str:
-    info = model_info(exp, model)
+def model_line(exp: Experiment, model: nn.Module, trains: Optional[Collection[str]] = None) -> str:
+    info = model_info(exp, model, trains)
     return f"model {info['name']} {info['parameters']:,} params ({info['trainable']:,} trainable)"

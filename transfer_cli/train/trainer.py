@@ -78,6 +78,7 @@ class Trainer:
         if self.fsdp:  # before the optimizer: it must hold the sharded parameters
             distributed.shard_fully(self.model, self.model.layer_group_names())
         trains_ever = set().union(*(phase.trainable for phase in self.plan))
+        self.trains_ever = frozenset(trains_ever)  # the parameters some phase trains (the run's counts)
         self.frozen_bf16 = exp.train.frozen_dtype == "bf16" and self._frozen_to_bf16(trains_ever.__contains__)
         scales = lr_scales(self.model.layer_group_names(), exp.transfer.backbone_lr_mult, exp.transfer.layer_decay)
         groups = param_groups(self.model, exp.optim.lr, exp.optim.weight_decay, scales, include=trains_ever.__contains__)
@@ -178,9 +179,10 @@ class Trainer:
                 continue
             if not cache:
                 tic = time.perf_counter()
-                cache = self._features(train, val)
+                cache, extracted = self._features(train, val)
                 self.cache_seconds = time.perf_counter() - tic
-                self.console.info(f"features cached: the backbone ran once over {len(train)} training samples")
+                if extracted:  # else each split said where it was read from
+                    self.console.info(f"features cached: the backbone ran once over {len(train)} training samples")
             head = self._head_engine()
             try:
                 head.fit(cache["train"], cache.get("val"), state, until=end)
@@ -199,18 +201,20 @@ class Trainer:
                 segments.append((flag, phase.end))
         return segments
 
-    def _features(self, train: TensorSplit, val: Optional[TensorSplit]) -> dict[str, TensorSplit]:
+    def _features(self, train: TensorSplit, val: Optional[TensorSplit]) -> tuple[dict[str, TensorSplit], bool]:
+        """The head's inputs per split, and whether the training split's were extracted (not read)."""
         size, device, precision = self.parts.evaluator.batch_size, self.parts.device, self.exp.train.precision
         splits = {"train": train, "val": val} if val is not None else {"train": train}
         folder = self.exp.transfer.feature_cache_dir
         store = FeatureStore(folder) if folder else None
         architecture = self.exp.model.model_dump(mode="json") if self.exp.model else {}
-        found = {}
+        found, extracted = {}, True
         for name, split in splits.items():
             found[name], read = cached_features(self.model, architecture, split, size, device, precision, store)
             if read:
                 self.console.info(f"features of the {name} split read from {folder}")
-        return found
+                extracted = extracted and name != "train"
+        return found, extracted
 
     def _head_engine(self) -> Engine:
         """An engine over the head alone, sharing the optimizer, scaler, schedule and callbacks."""

@@ -287,6 +287,23 @@ def _refused(*args: object, code: int = 2) -> str:
     return result.output
 
 
+def test_an_exporter_that_fails_is_one_line_exit_1_and_leaves_the_old_export(runs: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "exported"
+    assert run_cli("export", runs / "finetune", "--format", "torchscript", "--out", out).exit_code == 0
+    before = tree_digest(out)
+
+    def untraceable(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Tracer cannot infer type of output\nsecond line of torch's message")
+
+    monkeypatch.setattr(torch.jit, "trace", untraceable)
+    message = _refused(runs / "finetune", "--format", "torchscript", "--out", out, "--overwrite", code=1)
+    assert message.startswith("error: --format torchscript: torch.jit.trace could not export the model of this run "
+                              "(RuntimeError: Tracer cannot infer type of output); nothing was written")
+    assert "onnx, safetensors, hf" in message
+    assert tree_digest(out) == before and [p.name for p in tmp_path.iterdir()] == ["exported"]
+
+
 def test_refusals_say_what_is_wrong_in_one_line(runs: Path, tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     assert "is not a run directory" in _refused(tmp_path / "plain", "--format", "onnx")

@@ -16,7 +16,7 @@ import torch
 
 from transfer_cli.config.resolve import load_experiment
 from transfer_cli.core.console import Console
-from transfer_cli.core.errors import CheckpointError, UsageError, a_or_an
+from transfer_cli.core.errors import CheckpointError, RunFailed, TransferError, UsageError, a_or_an, one_line
 from transfer_cli.data.preprocess import preprocess_spec
 from transfer_cli.export.card import model_card
 from transfer_cli.export.folder import check_target, staged
@@ -85,8 +85,26 @@ def export_run(ref: str, fmt: str, out: Optional[Path], overwrite: bool, console
     return facts
 
 
+EXPORTERS = {"onnx": "torch's ONNX exporter", "torchscript": "torch.jit.trace"}
+
+
 def _write_model(fmt: str, model: torch.nn.Module, check: torch.Tensor, folder: Path, spec: dict, tokenizer: Any,
                  exp: Any, parts: Any) -> dict:
+    if fmt not in EXPORTERS:
+        return _write_with(fmt, model, check, folder, spec, tokenizer, exp, parts)
+    try:
+        return _write_with(fmt, model, check, folder, spec, tokenizer, exp, parts)
+    except (TransferError, OSError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # the exporter cannot handle something in this model: a failed run, in one line
+        others = ", ".join(f for f in FORMATS if f != fmt)
+        raise RunFailed(f"--format {fmt}: {EXPORTERS[fmt]} could not export the model of this run "
+                        f"({type(exc).__name__}: {one_line(exc)}); nothing was written. Another format may "
+                        f"work ({others}); --debug shows the exporter's traceback") from exc
+
+
+def _write_with(fmt: str, model: torch.nn.Module, check: torch.Tensor, folder: Path, spec: dict, tokenizer: Any,
+                exp: Any, parts: Any) -> dict:
     example = check[:2]
     if fmt == "onnx":
         from transfer_cli.export.onnx_format import export_onnx

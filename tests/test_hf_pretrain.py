@@ -207,6 +207,16 @@ def test_an_unsupported_model_type_is_one_line_naming_it(tmp_path: Path) -> None
     assert "transformers has no AutoModel class for it" in err
 
 
+def test_an_inline_encoder_decoder_or_multimodal_config_is_refused_as_a_folder_is(tmp_path: Path) -> None:
+    # inline, the keys that say so (is_encoder_decoder, text_config/vision_config) are the model type's
+    # defaults, not written: the kind must come from the whole config, as from a saved folder
+    err = _pretrain_fails(tmp_path, {"config": {"model_type": "t5", "d_model": 16, "num_layers": 1}})
+    assert "model.params.config describes a model of model_type 't5', which hf_encoder cannot use (it is an " \
+           "encoder-decoder model)" in err
+    err = _pretrain_fails(tmp_path, {"config": {"model_type": "clip"}})
+    assert "model_type 'clip', which hf_encoder cannot use (it is a multimodal (text and vision) model)" in err
+
+
 def test_a_typo_in_the_inline_config_is_one_line_with_a_suggestion(tmp_path: Path) -> None:
     err = _pretrain_fails(tmp_path, {"config": {**VIT, "hiden_size": 32}})
     assert "model.params.config.hiden_size: not a key of a vit config (did you mean 'hidden_size'?)" in err

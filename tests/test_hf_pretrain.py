@@ -226,6 +226,13 @@ def test_a_typo_in_the_inline_config_is_one_line_with_a_suggestion(tmp_path: Pat
     assert "give path (a model folder with config.json) or config" in err
 
 
+def test_a_value_of_the_wrong_type_in_the_inline_config_says_what_was_expected(tmp_path: Path) -> None:
+    # transformers puts the reason on the line after "Validation error for field 'hidden_size':"
+    err = _pretrain_fails(tmp_path, {"config": {**VIT, "hidden_size": "abc"}})
+    assert "model.params.config: not a valid vit config (Validation error for field 'hidden_size': " in err
+    assert "expected int, got str (value: 'abc')" in err
+
+
 def test_images_the_architecture_cannot_take_are_one_line(tmp_path: Path) -> None:
     err = _pretrain_fails(tmp_path, {"config": {**VIT, "image_size": 32}})
     assert "cannot take images of shape (1, 16, 16)" in err and "set data.params.size: 32" in err

@@ -233,6 +233,12 @@ def test_a_value_of_the_wrong_type_in_the_inline_config_says_what_was_expected(t
     assert "expected int, got str (value: 'abc')" in err
 
 
+def test_an_inline_config_without_layers_names_the_inline_config(tmp_path: Path) -> None:
+    err = _pretrain_fails(tmp_path, {"config": {**VIT, "num_hidden_layers": 0}})
+    assert "model.params.config: cannot find the blocks (a list of at least one layer) of the model" in err
+    assert "model.params.path" not in err
+
+
 def test_images_the_architecture_cannot_take_are_one_line(tmp_path: Path) -> None:
     err = _pretrain_fails(tmp_path, {"config": {**VIT, "image_size": 32}})
     assert "cannot take images of shape (1, 16, 16)" in err and "set data.params.size: 32" in err

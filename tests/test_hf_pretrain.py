@@ -185,6 +185,28 @@ def test_continued_pretraining_from_a_folder_with_weights_records_them(tmp_path:
     assert "drop the keys that change them, or pretrain from random initialisation" in err
 
 
+def test_a_finetune_from_the_run_of_a_vision_folder_prepares_images_as_the_folder_said(tmp_path: Path) -> None:
+    # the run records path: null, so the folder's preprocessor_config.json must travel with the run
+    from scripts.make_example_data import make_shapes
+
+    folder = _config_only_folder(tmp_path / "vit-config", num_channels=3)
+    transformers.ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.4, 0.5, 0.6],
+                                   image_std=[0.2, 0.3, 0.4]).save_pretrained(folder)
+    for name, seed in (("source", 0), ("target", 1)):
+        make_shapes(tmp_path / name, per_class=6, size=24, seed=seed)  # larger than the model's 16x16
+    images = {**SOURCE, "name": "image_folder", "params": {"path": str(tmp_path / "source")}}
+    write_yaml(tmp_path / "pre.yaml", {"data": images, "train": TRAIN,
+                                       "model": {"name": "hf_encoder", "params": {"path": str(folder)}}})
+    assert run_cli("pretrain", tmp_path / "pre.yaml", "--run-dir", tmp_path / "runs" / "pre").exit_code == 0
+    shutil.rmtree(folder)  # the run alone
+    write_yaml(tmp_path / "ft.yaml", {"data": {**images, "params": {"path": str(tmp_path / "target")}},
+                                      "train": TRAIN, "transfer": {"init_from": str(tmp_path / "runs" / "pre")}})
+    result = run_cli("finetune", tmp_path / "ft.yaml", "--run-dir", tmp_path / "runs" / "ft")
+    assert result.exit_code == 0, result.output
+    data = yaml.safe_load((tmp_path / "runs" / "ft" / "config.yaml").read_text())["data"]["params"]
+    assert data["size"] == [16, 16] and data["mean"] == [0.4, 0.5, 0.6] and data["std"] == [0.2, 0.3, 0.4]
+
+
 # ---- bad input: one line, exit 2 -----------------------------------------------------------------------
 def _pretrain_fails(tmp: Path, model_params: dict) -> str:
     _pretrain_config(tmp / "bad.yaml", model_params)

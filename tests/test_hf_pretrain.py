@@ -160,8 +160,10 @@ def test_a_decoder_pretrained_from_an_inline_config_then_finetuned_from_the_run(
 
 def test_export_hf_of_the_pretrain_run_loads_with_automodel(pretrained) -> None:
     run, out = pretrained["inline"], pretrained["tmp"] / "exported"
+    transformers.utils.logging.enable_progress_bar()  # as in a fresh process: no folder was loaded before
     result = run_cli("export", run, "--format", "hf", "--out", out)
     assert result.exit_code == 0, result.output
+    assert "Loading weights" not in result.output and "Writing model shards" not in result.output  # plain lines
     model = transformers.AutoModel.from_pretrained(str(out), local_files_only=True)
     assert model.config.model_type == "vit" and model.config.hidden_size == 32
     best = _weights(run, "best")

@@ -209,6 +209,19 @@ def test_a_finetune_from_the_run_of_a_vision_folder_prepares_images_as_the_folde
     assert data["size"] == [16, 16] and data["mean"] == [0.4, 0.5, 0.6] and data["std"] == [0.2, 0.3, 0.4]
 
 
+def test_a_bad_preprocessing_key_or_value_is_one_line(tmp_path: Path) -> None:
+    from scripts.make_example_data import make_shapes
+
+    make_shapes(tmp_path / "shapes", per_class=3, size=16)
+    data = {**SOURCE, "name": "image_folder", "params": {"path": str(tmp_path / "shapes")}}
+    for preprocessing, says in (({"sizee": 16}, "model.params.preprocessing: sizee: Extra inputs are not permitted"),
+                                ({"size": "abc"}, "model.params.preprocessing: size")):
+        model = {"name": "hf_encoder", "params": {"config": {**VIT, "num_channels": 3}, "preprocessing": preprocessing}}
+        write_yaml(tmp_path / "bad.yaml", {"data": data, "model": model, "train": TRAIN})
+        err = _fails("pretrain", str(tmp_path / "bad.yaml"), "--run-dir", str(tmp_path / "runs" / "bad"))
+        assert says in err and "internal error" not in err
+
+
 # ---- bad input: one line, exit 2 -----------------------------------------------------------------------
 def _pretrain_fails(tmp: Path, model_params: dict) -> str:
     _pretrain_config(tmp / "bad.yaml", model_params)

@@ -160,8 +160,10 @@ def test_a_decoder_pretrained_from_an_inline_config_then_finetuned_from_the_run(
 
 def test_export_hf_of_the_pretrain_run_loads_with_automodel(pretrained) -> None:
     run, out = pretrained["inline"], pretrained["tmp"] / "exported"
+    transformers.utils.logging.enable_progress_bar()  # as in a fresh process: no folder was loaded before
     result = run_cli("export", run, "--format", "hf", "--out", out)
     assert result.exit_code == 0, result.output
+    assert "Loading weights" not in result.output and "Writing model shards" not in result.output  # plain lines
     model = transformers.AutoModel.from_pretrained(str(out), local_files_only=True)
     assert model.config.model_type == "vit" and model.config.hidden_size == 32
     best = _weights(run, "best")
@@ -183,6 +185,41 @@ def test_continued_pretraining_from_a_folder_with_weights_records_them(tmp_path:
     err = _pretrain_fails(tmp_path, {"path": str(folder), "config": {"hidden_size": 16, "intermediate_size": 32}})
     assert f"cannot load {folder}: its weights have other shapes than the architecture" in err
     assert "drop the keys that change them, or pretrain from random initialisation" in err
+
+
+def test_a_finetune_from_the_run_of_a_vision_folder_prepares_images_as_the_folder_said(tmp_path: Path) -> None:
+    # the run records path: null, so the folder's preprocessor_config.json must travel with the run
+    from scripts.make_example_data import make_shapes
+
+    folder = _config_only_folder(tmp_path / "vit-config", num_channels=3)
+    transformers.ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.4, 0.5, 0.6],
+                                   image_std=[0.2, 0.3, 0.4]).save_pretrained(folder)
+    for name, seed in (("source", 0), ("target", 1)):
+        make_shapes(tmp_path / name, per_class=6, size=24, seed=seed)  # larger than the model's 16x16
+    images = {**SOURCE, "name": "image_folder", "params": {"path": str(tmp_path / "source")}}
+    write_yaml(tmp_path / "pre.yaml", {"data": images, "train": TRAIN,
+                                       "model": {"name": "hf_encoder", "params": {"path": str(folder)}}})
+    assert run_cli("pretrain", tmp_path / "pre.yaml", "--run-dir", tmp_path / "runs" / "pre").exit_code == 0
+    shutil.rmtree(folder)  # the run alone
+    write_yaml(tmp_path / "ft.yaml", {"data": {**images, "params": {"path": str(tmp_path / "target")}},
+                                      "train": TRAIN, "transfer": {"init_from": str(tmp_path / "runs" / "pre")}})
+    result = run_cli("finetune", tmp_path / "ft.yaml", "--run-dir", tmp_path / "runs" / "ft")
+    assert result.exit_code == 0, result.output
+    data = yaml.safe_load((tmp_path / "runs" / "ft" / "config.yaml").read_text())["data"]["params"]
+    assert data["size"] == [16, 16] and data["mean"] == [0.4, 0.5, 0.6] and data["std"] == [0.2, 0.3, 0.4]
+
+
+def test_a_bad_preprocessing_key_or_value_is_one_line(tmp_path: Path) -> None:
+    from scripts.make_example_data import make_shapes
+
+    make_shapes(tmp_path / "shapes", per_class=3, size=16)
+    data = {**SOURCE, "name": "image_folder", "params": {"path": str(tmp_path / "shapes")}}
+    for preprocessing, says in (({"sizee": 16}, "model.params.preprocessing: sizee: Extra inputs are not permitted"),
+                                ({"size": "abc"}, "model.params.preprocessing: size")):
+        model = {"name": "hf_encoder", "params": {"config": {**VIT, "num_channels": 3}, "preprocessing": preprocessing}}
+        write_yaml(tmp_path / "bad.yaml", {"data": data, "model": model, "train": TRAIN})
+        err = _fails("pretrain", str(tmp_path / "bad.yaml"), "--run-dir", str(tmp_path / "runs" / "bad"))
+        assert says in err and "internal error" not in err
 
 
 # ---- bad input: one line, exit 2 -----------------------------------------------------------------------
@@ -207,6 +244,16 @@ def test_an_unsupported_model_type_is_one_line_naming_it(tmp_path: Path) -> None
     assert "transformers has no AutoModel class for it" in err
 
 
+def test_an_inline_encoder_decoder_or_multimodal_config_is_refused_as_a_folder_is(tmp_path: Path) -> None:
+    # inline, the keys that say so (is_encoder_decoder, text_config/vision_config) are the model type's
+    # defaults, not written: the kind must come from the whole config, as from a saved folder
+    err = _pretrain_fails(tmp_path, {"config": {"model_type": "t5", "d_model": 16, "num_layers": 1}})
+    assert "model.params.config describes a model of model_type 't5', which hf_encoder cannot use (it is an " \
+           "encoder-decoder model)" in err
+    err = _pretrain_fails(tmp_path, {"config": {"model_type": "clip"}})
+    assert "model_type 'clip', which hf_encoder cannot use (it is a multimodal (text and vision) model)" in err
+
+
 def test_a_typo_in_the_inline_config_is_one_line_with_a_suggestion(tmp_path: Path) -> None:
     err = _pretrain_fails(tmp_path, {"config": {**VIT, "hiden_size": 32}})
     assert "model.params.config.hiden_size: not a key of a vit config (did you mean 'hidden_size'?)" in err
@@ -214,6 +261,19 @@ def test_a_typo_in_the_inline_config_is_one_line_with_a_suggestion(tmp_path: Pat
     assert "model_type is required" in err
     err = _pretrain_fails(tmp_path, {})
     assert "give path (a model folder with config.json) or config" in err
+
+
+def test_a_value_of_the_wrong_type_in_the_inline_config_says_what_was_expected(tmp_path: Path) -> None:
+    # transformers puts the reason on the line after "Validation error for field 'hidden_size':"
+    err = _pretrain_fails(tmp_path, {"config": {**VIT, "hidden_size": "abc"}})
+    assert "model.params.config: not a valid vit config (Validation error for field 'hidden_size': " in err
+    assert "expected int, got str (value: 'abc')" in err
+
+
+def test_an_inline_config_without_layers_names_the_inline_config(tmp_path: Path) -> None:
+    err = _pretrain_fails(tmp_path, {"config": {**VIT, "num_hidden_layers": 0}})
+    assert "model.params.config: cannot find the blocks (a list of at least one layer) of the model" in err
+    assert "model.params.path" not in err
 
 
 def test_images_the_architecture_cannot_take_are_one_line(tmp_path: Path) -> None:

@@ -273,6 +273,22 @@ def test_bf16_with_nothing_frozen_warns_and_keeps_float32(tiny: Path) -> None:
     assert memory["frozen_parameters"] == 0 and memory["parameters"] == 4 * 482
 
 
+def test_bf16_leaves_a_layer_with_a_trained_parameter_in_float32(tiny: Path) -> None:
+    # the head's bias frozen, its weight trained: the layer computes in one dtype, so it stays float32
+    # (casting the bias alone made its forward mix bf16 and float32: a RuntimeError)
+    _pretrain(tiny)
+    frozen = ("--set", 'transfer.freeze=["backbone.*", "head.bias"]')
+    run, output = _finetune("mixed", *frozen, *BF16)
+    assert "kept in bfloat16" in output
+    memory = read_json(run / "run.json")["memory"]["frozen_by_dtype"]
+    # against the backbone alone frozen (its BatchNorm stays float32): head.bias is the only difference
+    backbone, _ = _finetune("backbone", "--set", 'transfer.freeze=["backbone.*"]', *BF16)
+    alone = read_json(backbone / "run.json")["memory"]["frozen_by_dtype"]
+    head_bias = 4 * 5  # float32, 5 classes
+    assert memory == {"bfloat16": alone["bfloat16"], "float32": alone["float32"] + head_bias}
+    assert alone["bfloat16"] > 0
+
+
 @pytest.mark.parametrize("kind", ["vit", "gpt2"])  # GPT-2's projections are transformers' Conv1D
 def test_bf16_lora_base_of_hugging_face_models(tmp_path: Path, monkeypatch, kind: str) -> None:
     from hf_tiny import save_model

@@ -217,9 +217,12 @@ def test_candidate_labels_and_validate_folders_are_short():
     (("runs/source", "runs/source"), "named more than once"),
     (("wrong.safetensors",), "do not fit the model"),
     (("runs/source", "--validate", "soon"), "--validate: expected"),
+    (("weightless",), "candidate weightless: weightless is a Hugging Face model folder without weights"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(here: Path, args, message):
     save_file({"backbone.0.weight": torch.zeros(3, 3)}, str(here / "wrong.safetensors"))
+    (here / "weightless").mkdir(exist_ok=True)  # config.json only: for `transfer pretrain`, nothing to rank
+    (here / "weightless" / "config.json").write_text('{"model_type": "vit"}')
     result = run_cli("rank", "configs/target.yaml", *args, "--run-dir", "runs/rank/bad")
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -68,6 +68,8 @@ def export_hf(model: torch.nn.Module, check: torch.Tensor, folder: Path, spec: d
     import transformers
 
     os.environ["HF_HUB_OFFLINE"] = "1"
+    # plain lines: a run of a weightless architecture never loaded a folder, which turned them off before
+    transformers.utils.logging.disable_progress_bar()
     vision = model.backbone.kind == "vision"
     hf = _build(model, spec, transformers)
     auto = transformers.AutoModelForImageClassification if vision else transformers.AutoModelForSequenceClassification

@@ -1,7 +1,8 @@
 """Frozen parameters kept in bfloat16 (`train.frozen_dtype: bf16`): half the memory of the part
 of the model that never trains (a linear probe's backbone, LoRA's base weights, freeze globs).
 
-A layer (a module whose children hold no parameters) holding such parameters computes in bfloat16: its inputs
+A layer (a module whose children hold no parameters) whose own parameters all stay frozen (LoRA's
+adapters aside) computes in bfloat16: its inputs
 are cast to bf16 on the way in and its outputs back to float32 on the way out, so the rest of
 the model, the trainable parameters (LoRA adapters on the same layer included) and their
 gradients stay float32. BatchNorm layers are left in float32 (their running statistics would
@@ -17,6 +18,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from transfer_cli.models.lora import LORA_PARAMS
+
 _HOOKS = "_frozen_dtype_hooks"
 
 
@@ -29,8 +32,13 @@ def keep_frozen_in_bf16(model: nn.Module, trains: Callable[[str], bool]) -> int:
         if any(True for c in module.children() for _ in c.parameters()) or \
                 isinstance(module, nn.modules.batchnorm._BatchNorm):
             continue
-        frozen = [p for name, p in module.named_parameters(recurse=False)
-                  if p.is_floating_point() and p.dtype != torch.bfloat16 and not trains(f"{prefix}.{name}".lstrip("."))]
+        # the layer's own weights (LoRA's adapters, float32, are applied by their hook): all frozen, or
+        # the layer stays float32, since it computes in one dtype (a frozen bias with a trained weight)
+        own = [(name, p) for name, p in module.named_parameters(recurse=False)
+               if p.is_floating_point() and name not in LORA_PARAMS]
+        if not own or any(trains(f"{prefix}.{name}".lstrip(".")) for name, _ in own):
+            continue
+        frozen = [p for _, p in own if p.dtype != torch.bfloat16]
         if not frozen:
             continue
         for param in frozen:

@@ -89,5 +89,14 @@ def recorded_architecture(encoder: nn.Module) -> dict[str, Any]:
 
 
 def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    """The exception's first line, and the next ones while a line ends in ':' (transformers'
+    "Validation error for field 'x':" puts the reason on the next line)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    shown = [lines[0]]
+    for line in lines[1:]:
+        if not shown[-1].endswith(":"):
+            break
+        shown.append(line)
+    return " ".join(shown)

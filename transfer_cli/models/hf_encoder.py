@@ -53,6 +53,9 @@ class HFEncoderParams(Params):
                             "cls: first token; mean: over non-padding tokens (or positions); last: last non-padding "
                             "token")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the pooled features")
+    preprocessing: Optional[dict[str, Any]] = Field(
+        None, description="a vision model's own preprocessing as image_folder params, over the folder's "
+                          "preprocessor_config.json; a pretrain run records the folder's here (its path is null)")
 
     @model_validator(mode="after")
     def _architecture_given(self) -> "HFEncoderParams":
@@ -73,8 +76,7 @@ class HFEncoderParams(Params):
     @staticmethod
     def data_defaults(params: dict, data_name: str) -> dict:
         """A vision model's own preprocessing as image_folder params (see hf_preprocess)."""
-        path = params.get("path")
-        return image_preprocessing(Path(path)) if path and data_name == "image_folder" else {}
+        return own_preprocessing(params) if data_name == "image_folder" else {}
 
 
 class HFBackbone(nn.Module):
@@ -138,7 +140,8 @@ class HFEncoderModel(TransferModel):
 
     def recorded_params(self, params: dict) -> dict:
         """The architecture inline instead of the folder: a later stage needs the run alone."""
-        return {**params, "path": None, "config": recorded_architecture(self.backbone.encoder)}
+        return {**params, "path": None, "config": recorded_architecture(self.backbone.encoder),
+                "preprocessing": own_preprocessing(params) or None}
 
     def checkpointing_units(self) -> list[nn.Module]:
         """The blocks the model's own switch checkpoints, else (no switch) the layer groups."""
@@ -205,6 +208,12 @@ def build_hf_encoder(params: HFEncoderParams, *, input_shape: tuple[int, ...], n
     groups = [f"encoder.{name}" for name in layer_groups(encoder, source)]
     return HFEncoderModel(backbone, directory if weighted else None, groups,
                           feature_dim(backbone, input_shape, source), num_outputs)
+
+
+def own_preprocessing(params: dict) -> dict:
+    """The folder's preprocessor_config.json as image_folder params, `preprocessing` over it."""
+    path = params.get("path")
+    return {**(image_preprocessing(Path(path)) if path else {}), **(params.get("preprocessing") or {})}
 
 
 def has_weights(directory: Path) -> bool:

@@ -24,8 +24,8 @@ def layer_groups(model: nn.Module, directory: Path | str) -> list[str]:
     """Qualified module names (relative to `model`) of its layer groups, input to output."""
     lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     if not lists:
-        raise CheckpointError(f"model.params.path: cannot find the blocks (a list of layers) of the model in "
-                              f"{directory}")
+        raise CheckpointError(f"{_where(directory)}: cannot find the blocks (a list of at least one layer) of "
+                              f"the model{_in(directory)}")
     blocks, _ = max(lists, key=lambda item: (_count(item[1]), -item[0].count(".")))
     groups = _partition(model, "", blocks, expand=True)
     check_coverage(model, groups, directory)
@@ -37,7 +37,7 @@ def check_coverage(model: nn.Module, groups: list[str], directory: Path | str) -
     for name, _ in model.named_parameters():
         owners = [g for g in groups if name.startswith(g + ".")]
         if len(owners) != 1:
-            raise CheckpointError(f"model.params.path: parameter {name} of the model in {directory} is in "
+            raise CheckpointError(f"{_where(directory)}: parameter {name} of the model{_in(directory)} is in "
                                   f"{len(owners)} layer groups (expected exactly 1); this architecture's layout "
                                   f"is not supported")
 
@@ -76,3 +76,12 @@ def _stage(element: nn.Module, name: str) -> list[str]:
 
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _where(source: Path | str) -> str:
+    """The key path an error names: the folder's, or (a str) the inline config's."""
+    return source if isinstance(source, str) else "model.params.path"
+
+
+def _in(source: Path | str) -> str:
+    return "" if isinstance(source, str) else f" in {source}"

@@ -71,6 +71,9 @@ def config_kind(config: dict, where: str) -> HFKind:
     class_name = auto.MODEL_MAPPING_NAMES.get(model_type)
     if class_name is None:
         return _unsupported(where, model_type, "transformers has no AutoModel class for it")
+    # the model type's defaults under the given keys: an inline config leaves out what they say
+    # (a T5's is_encoder_decoder, a CLIP's text_config and vision_config)
+    config = {**transformers.AutoConfig.for_model(model_type).to_dict(), **config}
     if config.get("is_encoder_decoder"):
         return _unsupported(where, model_type, "it is an encoder-decoder model")
     if "text_config" in config and "vision_config" in config:

@@ -163,9 +163,25 @@ def take_model_preprocessing(exp: Experiment) -> None:
     if exp.model is None or exp.model.name not in MODELS:
         return
     hook = getattr(MODELS.get(exp.model.name).params, "data_defaults", None)
+    taken = []
     for key, value in (hook(exp.model.params, exp.data.name) if hook else {}).items():
         if exp.data.params.get(key) is None:
             exp.data.params[key] = value
+            taken.append(key)
+    if taken:  # checked here: the config's own data params were checked when it was read, these were not
+        check_taken_params(exp, taken)
+
+
+def check_taken_params(exp: Experiment, taken: list[str]) -> None:
+    from pydantic import ValidationError
+
+    try:
+        DATASETS.get(exp.data.name).params.model_validate(exp.data.params)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        raise ConfigError([f"model.params.preprocessing: {key}: {error['msg']} (given {error['input']!r}; the model's "
+                           f"own preprocessing sets data.params {', '.join(taken)})"]) from None
 
 
 def check_monitor(monitor: str, names: list[str], data: DataBundle) -> None:

@@ -165,6 +165,12 @@ def candidate_kind(ref: str) -> tuple[str, Path]:
     if (path / "checkpoints").is_dir():
         return "run", path
     if (path / "config.json").is_file() and path == Path(ref):
+        from transfer_cli.models.hf_encoder import has_weights
+
+        if not has_weights(path):  # its features would be those of a random initialisation
+            raise UsageError(f"candidate {ref}: {path} is a Hugging Face model folder without weights (config.json "
+                             f"only): nothing pretrained to rank; pretrain from it first (`transfer pretrain` with "
+                             f"model.params.path: {path}) and rank that run")
         return "hf_folder", path
     if (path / "run.json").is_file():  # a run of a stage without weights (evaluate, rank)
         resolve_weights(ref)  # says which stage it is, in one line

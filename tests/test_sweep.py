@@ -217,3 +217,21 @@ def test_an_objective_the_trials_do_not_report_stops_the_sweep_after_one_trial(t
         in result.stderr
     summary = read_json(tiny / "runs/tiny/r2/sweep.json")
     assert [t["state"] for t in summary["trials"]] == ["failed"]  # one trial, not both
+
+
+def test_parallel_workers_of_a_random_sweep_draw_different_values(tiny: Path) -> None:
+    # the workers load the study at the same moment: with one seed they would draw the same trials
+    from transfer_cli.sweep.schema import read_sweep
+    from transfer_cli.sweep.space import distributions
+    from transfer_cli.sweep.study import open_study
+
+    path = write_yaml(tiny / "configs/tiny/rnd.yaml", {
+        "base": "pretrain.yaml", "stage": "pretrain", "method": "random", "objective": "val/loss",
+        "space": {"optim.lr": {"low": 1e-4, "high": 1e-1, "log": True}}, "budget": {"trials": 4}})
+    sweep = read_sweep(path)
+    out = tiny / "runs/rnd"
+    out.mkdir(parents=True)
+    open_study(sweep, out, "minimize", create=True)
+    workers = [open_study(sweep, out, "minimize", create=False, worker=i) for i in range(2)]
+    drawn = [study.ask(distributions(sweep)).params["optim.lr"] for study in workers]
+    assert drawn[0] != drawn[1]

@@ -34,7 +34,7 @@ class SweepOptions:
     overwrite: bool = False
     parallel: int = 1
     smoke: bool = False
-    worker: bool = False  # one of --parallel's processes: trials only, the parent does the rest
+    worker: Optional[int] = None  # index of one of --parallel's processes: trials only, the parent does the rest
 
 
 def sweep_path(sweep: Sweep, run_dir: Optional[str]) -> Path:
@@ -53,8 +53,8 @@ def run_sweep(sweep: Sweep, opts: SweepOptions, console: Console) -> dict:
             from None
     quiet_optuna()
     path = sweep_path(sweep, opts.run_dir)
-    if opts.worker:
-        study = open_study(sweep, path, direction(sweep), create=False)
+    if opts.worker is not None:
+        study = open_study(sweep, path, direction(sweep), create=False, worker=opts.worker)
         run_trials(sweep, path, study, console, opts.smoke)
         return {}
     goal = check_sweep(sweep)  # every problem of the sweep before anything is written
@@ -157,10 +157,10 @@ def _tell_or_stop(sweep: Sweep, study: Any, trial: Any, outcome: Any) -> None:
 def run_workers(sweep: Sweep, path: Path, opts: SweepOptions, console: Console) -> None:
     """`opts.parallel` processes, each running trials from the shared study; a signal to this one
     is passed on to them (each stops its trial at a resumable checkpoint)."""
-    args = [sys.executable, "-m", "transfer_cli", "sweep", str(sweep.path), "--run-dir", str(path), "--worker",
-            "--quiet"] + (["--smoke"] if opts.smoke else [])
+    args = [sys.executable, "-m", "transfer_cli", "sweep", str(sweep.path), "--run-dir", str(path), "--quiet"] \
+        + (["--smoke"] if opts.smoke else [])
     console.info(f"{opts.parallel} worker processes pull trials from {path / STUDY_FILE}")
-    workers = [subprocess.Popen(args, start_new_session=True) for _ in range(opts.parallel)]
+    workers = [subprocess.Popen(args + ["--worker", str(i)], start_new_session=True) for i in range(opts.parallel)]
     try:
         codes = [w.wait() for w in workers]
     except BaseException:

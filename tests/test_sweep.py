@@ -235,3 +235,27 @@ def test_parallel_workers_of_a_random_sweep_draw_different_values(tiny: Path) ->
     workers = [open_study(sweep, out, "minimize", create=False, worker=i) for i in range(2)]
     drawn = [study.ask(distributions(sweep)).params["optim.lr"] for study in workers]
     assert drawn[0] != drawn[1]
+
+
+def test_an_objective_not_computed_stops_its_trial_at_the_first_evaluation(tiny: Path) -> None:
+    _pretrained(tiny)
+    path = _sweep_file(tiny, name="mae", objective="val/mae", pruning={"median": False},
+                       space={"optim.lr": {"values": [0.01, 0.1]}})
+    result = run_cli("sweep", path, "--quiet")
+    assert result.exit_code == 2 and "objective: val/mae is not in the trials' reports" in result.stderr
+    [trial] = read_json(tiny / "runs/tiny/mae/sweep.json")["trials"]
+    evals = [r for r in map(json.loads, (Path(trial["run_dir"]) / "metrics.jsonl").read_text().splitlines())
+             if r.get("event") == "eval"]
+    assert len(evals) == 1  # of the base's 3 epochs
+
+
+def test_an_objective_missing_from_the_base_eval_metrics_is_refused_before_any_trial(tiny: Path) -> None:
+    write_yaml(tiny / "configs/tiny/listed.yaml", {"extends": "pretrain.yaml", "eval": {"metrics": ["accuracy"]}})
+    path = write_yaml(tiny / "configs/tiny/f1.yaml", {
+        "base": "listed.yaml", "stage": "pretrain", "objective": "val/macro_f1", "method": "grid",
+        "space": {"optim.lr": {"values": [0.01]}}})
+    result = run_cli("validate", path)
+    assert result.exit_code == 2
+    assert ("f1.yaml:3: objective: val/macro_f1 is not computed: the base config's eval.metrics are accuracy"
+            in result.stderr), result.stderr
+    assert not (tiny / "runs").exists()

@@ -52,7 +52,8 @@ def check_sweep(sweep: Sweep) -> str:
         goal = direction(sweep)
     except ConfigError as exc:
         problems += exc.problems
-    trial_experiment(sweep, {})  # the base itself; its errors are the base file's own
+    base = trial_experiment(sweep, {})  # the base itself; its errors are the base file's own
+    problems += _objective_not_listed(sweep, base)
     for key, dim in sweep.config.space.items():
         for value in candidates(dim):
             try:
@@ -63,6 +64,17 @@ def check_sweep(sweep: Sweep) -> str:
     if problems:
         raise ConfigError(problems, header=f"invalid sweep {sweep.path}")
     return goal
+
+
+def _objective_not_listed(sweep: Sweep, base: Experiment) -> list[str]:
+    """The objective's metric against the base's own eval.metrics, when it lists them (the task's
+    defaults are known only once the data is built: a trial then stops at its first evaluation)."""
+    metric = sweep.config.objective.split("/", 1)[1]
+    listed = base.eval.metrics
+    if not listed or metric == "loss" or metric in listed:
+        return []
+    return [f"{sweep.origin('objective')}: objective: {sweep.config.objective} is not computed: the base config's "
+            f"eval.metrics are {', '.join(listed)}; add {metric} to them, or choose val/loss or one of them"]
 
 
 def candidates(dim: Dimension) -> list[Any]:

@@ -38,7 +38,8 @@ class ReportToTrial(BaseCallback):
 
     def on_eval_end(self, engine: Engine, state: TrainState, record: dict, improved: bool) -> None:
         value = record.get(self.objective)
-        if value is None:
+        if value is None:  # not computed (a metric of another task, no val split): every epoch would be waste
+            state.stop_reason = f"the sweep's objective {self.objective} is not in this evaluation"
             return
         step = len(state.history) - 1
         if step not in self.reported:

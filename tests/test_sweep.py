@@ -213,8 +213,8 @@ def test_an_objective_the_trials_do_not_report_stops_the_sweep_after_one_trial(t
         "space": {"optim.lr": {"values": [0.01, 0.1]}}})
     result = run_cli("sweep", path, "--smoke", "--quiet")
     assert result.exit_code == 2, result.output
-    assert "objective: val/r2 is not in the trials' reports (their val metrics: val/loss, val/accuracy" \
-        in result.stderr
+    assert "objective: val/r2 is not in the trials' evaluations (" in result.stderr, result.stderr
+    assert "available: train/loss, val/loss, val/accuracy" in result.stderr
     summary = read_json(tiny / "runs/tiny/r2/sweep.json")
     assert [t["state"] for t in summary["trials"]] == ["failed"]  # one trial, not both
 
@@ -237,16 +237,15 @@ def test_parallel_workers_of_a_random_sweep_draw_different_values(tiny: Path) ->
     assert drawn[0] != drawn[1]
 
 
-def test_an_objective_not_computed_stops_its_trial_at_the_first_evaluation(tiny: Path) -> None:
+def test_an_objective_not_computed_stops_the_sweep_before_its_first_trial_trains(tiny: Path) -> None:
     _pretrained(tiny)
     path = _sweep_file(tiny, name="mae", objective="val/mae", pruning={"median": False},
                        space={"optim.lr": {"values": [0.01, 0.1]}})
     result = run_cli("sweep", path, "--quiet")
-    assert result.exit_code == 2 and "objective: val/mae is not in the trials' reports" in result.stderr
+    assert result.exit_code == 2 and "objective: val/mae is not in the trials' evaluations" in result.stderr
     [trial] = read_json(tiny / "runs/tiny/mae/sweep.json")["trials"]
-    evals = [r for r in map(json.loads, (Path(trial["run_dir"]) / "metrics.jsonl").read_text().splitlines())
-             if r.get("event") == "eval"]
-    assert len(evals) == 1  # of the base's 3 epochs
+    metrics = Path(trial["run_dir"]) / "metrics.jsonl"  # refused as the trials' monitor: no epoch trained
+    assert not metrics.is_file() or all(json.loads(r).get("event") != "eval" for r in metrics.read_text().splitlines())
 
 
 def test_an_objective_missing_from_the_base_eval_metrics_is_refused_before_any_trial(tiny: Path) -> None:
@@ -259,3 +258,35 @@ def test_an_objective_missing_from_the_base_eval_metrics_is_refused_before_any_t
     assert ("f1.yaml:3: objective: val/macro_f1 is not computed: the base config's eval.metrics are accuracy"
             in result.stderr), result.stderr
     assert not (tiny / "runs").exists()
+
+
+def test_a_trial_keeps_the_weights_best_by_the_objective_and_best_yaml_monitors_it_too(tiny: Path) -> None:
+    # the default monitor is val/accuracy: a sweep of val/loss would rank trials by the loss of the
+    # weights best by accuracy
+    _pretrained(tiny)
+    path = _sweep_file(tiny, name="loss", objective="val/loss", pruning={"median": False},
+                       space={"optim.lr": {"values": [0.03]}})
+    result = run_cli("sweep", path, "--quiet")
+    assert result.exit_code == 0, result.output
+    [trial] = read_json(tiny / "runs/tiny/loss/sweep.json")["trials"]
+    config = yaml.safe_load((Path(trial["run_dir"]) / "config.yaml").read_text())
+    assert config["train"]["monitor"] == "val/loss"
+    evals = [r["val/loss"] for r in map(json.loads, (Path(trial["run_dir"]) / "metrics.jsonl").read_text().splitlines())
+             if r.get("event") == "eval"]
+    assert trial["value"] == pytest.approx(min(evals), rel=1e-4)
+    best = yaml.safe_load((tiny / "runs/tiny/loss/best.yaml").read_text())
+    assert best["train"]["monitor"] == "val/loss"
+
+
+def test_with_the_base_own_monitor_an_objective_not_computed_stops_at_the_first_evaluation(tiny: Path) -> None:
+    _pretrained(tiny)
+    write_yaml(tiny / "configs/tiny/monitored.yaml", {"extends": "finetune.yaml", "train": {
+        "epochs": 3, "monitor": "val/accuracy"}})
+    path = _sweep_file(tiny, name="mae2", base="monitored.yaml", objective="val/mae", pruning={"median": False},
+                       space={"optim.lr": {"values": [0.01, 0.1]}})
+    result = run_cli("sweep", path, "--quiet")
+    assert result.exit_code == 2 and "objective: val/mae is not in the trials' reports" in result.stderr
+    [trial] = read_json(tiny / "runs/tiny/mae2/sweep.json")["trials"]
+    evals = [r for r in map(json.loads, (Path(trial["run_dir"]) / "metrics.jsonl").read_text().splitlines())
+             if r.get("event") == "eval"]
+    assert len(evals) == 1  # of the base's 3 epochs

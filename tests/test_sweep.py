@@ -290,3 +290,19 @@ def test_with_the_base_own_monitor_an_objective_not_computed_stops_at_the_first_
     evals = [r for r in map(json.loads, (Path(trial["run_dir"]) / "metrics.jsonl").read_text().splitlines())
              if r.get("event") == "eval"]
     assert len(evals) == 1  # of the base's 3 epochs
+
+
+def test_a_trial_whose_weights_do_not_load_fails_alone_and_the_sweep_goes_on(tiny: Path) -> None:
+    _pretrained(tiny)
+    (tiny / "runs/bad.safetensors").write_text("not weights")
+    write_yaml(tiny / "configs/tiny/from_file.yaml", {"extends": "finetune.yaml", "model": {
+        "name": "cnn1d", "params": {"channels": [8, 8], "kernel_size": 5}}})
+    path = _sweep_file(tiny, name="init", base="from_file.yaml", pruning={"median": False},
+                       space={"transfer.init_from": {"values": ["runs/pretrain", "runs/bad.safetensors"]}})
+    result = run_cli("sweep", path, "--smoke", "--quiet")
+    assert result.exit_code == 0, result.output
+    states = {t["params"]["transfer.init_from"]: (t["state"], t["error"] or "")
+              for t in read_json(tiny / "runs/tiny/init/sweep.json")["trials"]}
+    assert states["runs/pretrain"][0] == "complete"
+    assert states["runs/bad.safetensors"][0] == "failed" and "not a valid safetensors file" in states[
+        "runs/bad.safetensors"][1]

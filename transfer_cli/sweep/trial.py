@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from transfer_cli.core.console import Console, format_value
-from transfer_cli.core.errors import ConfigError, DataError, Interrupted, RunFailed, one_line
+from transfer_cli.core.errors import CheckpointError, ConfigError, DataError, Interrupted, RunFailed, one_line
 from transfer_cli.recipes.parts import RunOptions
 from transfer_cli.runs.rundir import RunDir
 from transfer_cli.sweep.schema import Sweep
@@ -84,7 +84,7 @@ def run_trial(sweep: Sweep, sweep_dir: Path, trial: Any, console: Console, smoke
         report = recipe(exp, opts, console)
     except (Interrupted, KeyboardInterrupt):
         raise
-    except (RunFailed, ConfigError, DataError) as exc:
+    except (RunFailed, ConfigError, DataError, CheckpointError) as exc:  # e.g. a swept init_from that is not weights
         fatal = _objective_not_logged(sweep, exc)
         if fatal:
             return Outcome("failed", run_dir=str(path), fatal=True, error=fatal)

@@ -306,3 +306,13 @@ def test_a_trial_whose_weights_do_not_load_fails_alone_and_the_sweep_goes_on(tin
     assert states["runs/pretrain"][0] == "complete"
     assert states["runs/bad.safetensors"][0] == "failed" and "not a valid safetensors file" in states[
         "runs/bad.safetensors"][1]
+
+
+def test_parallel_workers_stopped_by_a_problem_of_the_sweep_exit_2_and_say_so(tiny: Path) -> None:
+    path = write_yaml(tiny / "configs/tiny/r2p.yaml", {
+        "base": "pretrain.yaml", "stage": "pretrain", "objective": "val/r2", "method": "grid",
+        "space": {"optim.lr": {"values": [0.01, 0.1]}}})
+    result = run_cli("sweep", path, "--smoke", "--parallel", "2")
+    assert result.exit_code == 2, result.output
+    assert "objective: val/r2 is not in the trials' evaluations" in result.stderr
+    assert "--resume continues" not in result.stderr

@@ -65,7 +65,7 @@ def run_sweep(sweep: Sweep, opts: SweepOptions, console: Console) -> dict:
     try:
         resume_stopped(sweep, path, study, console, opts.smoke)
         if opts.parallel > 1:
-            run_workers(sweep, path, opts, console)
+            run_workers(sweep, path, study, opts, console)
         else:
             run_trials(sweep, path, study, console, opts.smoke)
     finally:  # also when stopped: the table of what has finished so far
@@ -154,7 +154,7 @@ def _tell_or_stop(sweep: Sweep, study: Any, trial: Any, outcome: Any) -> None:
         raise ConfigError([outcome.error], header=f"invalid sweep {sweep.path}")
 
 
-def run_workers(sweep: Sweep, path: Path, opts: SweepOptions, console: Console) -> None:
+def run_workers(sweep: Sweep, path: Path, study: Any, opts: SweepOptions, console: Console) -> None:
     """`opts.parallel` processes, each running trials from the shared study; a signal to this one
     is passed on to them (each stops its trial at a resumable checkpoint)."""
     args = [sys.executable, "-m", "transfer_cli", "sweep", str(sweep.path), "--run-dir", str(path), "--quiet"] \
@@ -171,6 +171,9 @@ def run_workers(sweep: Sweep, path: Path, opts: SweepOptions, console: Console) 
             w.wait()
         raise
     failed = [c for c in codes if c not in (0,)]
+    fatal = sorted({t.user_attrs["fatal"] for t in trials_in(study, "FAIL") if t.user_attrs.get("fatal")})
+    if fatal:  # a problem of the sweep that stopped the workers: said here, --resume would not help
+        raise ConfigError(fatal, header=f"invalid sweep {sweep.path}")
     if failed:
         raise RunFailed(f"{len(failed)} of {opts.parallel} sweep workers stopped with exit code "
                         f"{', '.join(map(str, failed))}; --resume continues the sweep")

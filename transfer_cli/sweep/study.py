@@ -101,6 +101,8 @@ def tell(study: Any, trial: Any, outcome: Any) -> None:
         trial.set_user_attr("value", outcome.value)
     if outcome.error:
         trial.set_user_attr("error", outcome.error.splitlines()[0])
+    if outcome.fatal:  # the sweep's problem, for the parent of --parallel's workers to say
+        trial.set_user_attr("fatal", outcome.error)
     if outcome.pruned_at is not None:
         trial.set_user_attr("pruned_at_evaluation", outcome.pruned_at + 1)
     if outcome.state == "complete":

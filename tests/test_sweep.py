@@ -316,3 +316,15 @@ def test_parallel_workers_stopped_by_a_problem_of_the_sweep_exit_2_and_say_so(ti
     assert result.exit_code == 2, result.output
     assert "objective: val/r2 is not in the trials' evaluations" in result.stderr
     assert "--resume continues" not in result.stderr
+
+
+def test_resume_and_overwrite_together_are_refused_and_the_sweep_kept(tiny: Path) -> None:
+    path = write_yaml(tiny / "configs/tiny/both.yaml", {
+        "base": "pretrain.yaml", "stage": "pretrain", "objective": "val/loss", "method": "grid",
+        "space": {"optim.lr": {"values": [0.01]}}})
+    first = run_cli("sweep", path, "--smoke", "--quiet")
+    assert first.exit_code == 0, first.output
+    before = read_json(tiny / "runs/tiny/both/sweep.json")["trials"]
+    result = run_cli("sweep", path, "--smoke", "--resume", "--overwrite")
+    assert result.exit_code == 2 and "give one of them" in result.stderr, result.output
+    assert read_json(tiny / "runs/tiny/both/sweep.json")["trials"] == before

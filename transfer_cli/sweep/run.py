@@ -94,6 +94,8 @@ def _budget_line(sweep: Sweep) -> str:
 
 def _prepare(path: Path, opts: SweepOptions) -> None:
     """The sweep directory for this command: never silently reused or replaced; locked while it runs."""
+    if opts.resume and opts.overwrite:  # one keeps the trials, the other deletes them: never guess which
+        raise UsageError(f"--resume continues the sweep in {path} and --overwrite replaces it; give one of them")
     has_content = path.is_dir() and any(path.iterdir())
     is_sweep = (path / STUDY_FILE).is_file()
     if opts.resume:

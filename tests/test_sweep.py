@@ -213,7 +213,118 @@ def test_an_objective_the_trials_do_not_report_stops_the_sweep_after_one_trial(t
         "space": {"optim.lr": {"values": [0.01, 0.1]}}})
     result = run_cli("sweep", path, "--smoke", "--quiet")
     assert result.exit_code == 2, result.output
-    assert "objective: val/r2 is not in the trials' reports (their val metrics: val/loss, val/accuracy" \
-        in result.stderr
+    assert "objective: val/r2 is not in the trials' evaluations (" in result.stderr, result.stderr
+    assert "available: train/loss, val/loss, val/accuracy" in result.stderr
     summary = read_json(tiny / "runs/tiny/r2/sweep.json")
     assert [t["state"] for t in summary["trials"]] == ["failed"]  # one trial, not both
+
+
+def test_parallel_workers_of_a_random_sweep_draw_different_values(tiny: Path) -> None:
+    # the workers load the study at the same moment: with one seed they would draw the same trials
+    from transfer_cli.sweep.schema import read_sweep
+    from transfer_cli.sweep.space import distributions
+    from transfer_cli.sweep.study import open_study
+
+    path = write_yaml(tiny / "configs/tiny/rnd.yaml", {
+        "base": "pretrain.yaml", "stage": "pretrain", "method": "random", "objective": "val/loss",
+        "space": {"optim.lr": {"low": 1e-4, "high": 1e-1, "log": True}}, "budget": {"trials": 4}})
+    sweep = read_sweep(path)
+    out = tiny / "runs/rnd"
+    out.mkdir(parents=True)
+    open_study(sweep, out, "minimize", create=True)
+    workers = [open_study(sweep, out, "minimize", create=False, worker=i) for i in range(2)]
+    drawn = [study.ask(distributions(sweep)).params["optim.lr"] for study in workers]
+    assert drawn[0] != drawn[1]
+
+
+def test_an_objective_not_computed_stops_the_sweep_before_its_first_trial_trains(tiny: Path) -> None:
+    _pretrained(tiny)
+    path = _sweep_file(tiny, name="mae", objective="val/mae", pruning={"median": False},
+                       space={"optim.lr": {"values": [0.01, 0.1]}})
+    result = run_cli("sweep", path, "--quiet")
+    assert result.exit_code == 2 and "objective: val/mae is not in the trials' evaluations" in result.stderr
+    [trial] = read_json(tiny / "runs/tiny/mae/sweep.json")["trials"]
+    metrics = Path(trial["run_dir"]) / "metrics.jsonl"  # refused as the trials' monitor: no epoch trained
+    assert not metrics.is_file() or all(json.loads(r).get("event") != "eval" for r in metrics.read_text().splitlines())
+
+
+def test_an_objective_missing_from_the_base_eval_metrics_is_refused_before_any_trial(tiny: Path) -> None:
+    write_yaml(tiny / "configs/tiny/listed.yaml", {"extends": "pretrain.yaml", "eval": {"metrics": ["accuracy"]}})
+    path = write_yaml(tiny / "configs/tiny/f1.yaml", {
+        "base": "listed.yaml", "stage": "pretrain", "objective": "val/macro_f1", "method": "grid",
+        "space": {"optim.lr": {"values": [0.01]}}})
+    result = run_cli("validate", path)
+    assert result.exit_code == 2
+    assert ("f1.yaml:3: objective: val/macro_f1 is not computed: the base config's eval.metrics are accuracy"
+            in result.stderr), result.stderr
+    assert not (tiny / "runs").exists()
+
+
+def test_a_trial_keeps_the_weights_best_by_the_objective_and_best_yaml_monitors_it_too(tiny: Path) -> None:
+    # the default monitor is val/accuracy: a sweep of val/loss would rank trials by the loss of the
+    # weights best by accuracy
+    _pretrained(tiny)
+    path = _sweep_file(tiny, name="loss", objective="val/loss", pruning={"median": False},
+                       space={"optim.lr": {"values": [0.03]}})
+    result = run_cli("sweep", path, "--quiet")
+    assert result.exit_code == 0, result.output
+    [trial] = read_json(tiny / "runs/tiny/loss/sweep.json")["trials"]
+    config = yaml.safe_load((Path(trial["run_dir"]) / "config.yaml").read_text())
+    assert config["train"]["monitor"] == "val/loss"
+    evals = [r["val/loss"] for r in map(json.loads, (Path(trial["run_dir"]) / "metrics.jsonl").read_text().splitlines())
+             if r.get("event") == "eval"]
+    assert trial["value"] == pytest.approx(min(evals), rel=1e-4)
+    best = yaml.safe_load((tiny / "runs/tiny/loss/best.yaml").read_text())
+    assert best["train"]["monitor"] == "val/loss"
+
+
+def test_with_the_base_own_monitor_an_objective_not_computed_stops_at_the_first_evaluation(tiny: Path) -> None:
+    _pretrained(tiny)
+    write_yaml(tiny / "configs/tiny/monitored.yaml", {"extends": "finetune.yaml", "train": {
+        "epochs": 3, "monitor": "val/accuracy"}})
+    path = _sweep_file(tiny, name="mae2", base="monitored.yaml", objective="val/mae", pruning={"median": False},
+                       space={"optim.lr": {"values": [0.01, 0.1]}})
+    result = run_cli("sweep", path, "--quiet")
+    assert result.exit_code == 2 and "objective: val/mae is not in the trials' reports" in result.stderr
+    [trial] = read_json(tiny / "runs/tiny/mae2/sweep.json")["trials"]
+    evals = [r for r in map(json.loads, (Path(trial["run_dir"]) / "metrics.jsonl").read_text().splitlines())
+             if r.get("event") == "eval"]
+    assert len(evals) == 1  # of the base's 3 epochs
+
+
+def test_a_trial_whose_weights_do_not_load_fails_alone_and_the_sweep_goes_on(tiny: Path) -> None:
+    _pretrained(tiny)
+    (tiny / "runs/bad.safetensors").write_text("not weights")
+    write_yaml(tiny / "configs/tiny/from_file.yaml", {"extends": "finetune.yaml", "model": {
+        "name": "cnn1d", "params": {"channels": [8, 8], "kernel_size": 5}}})
+    path = _sweep_file(tiny, name="init", base="from_file.yaml", pruning={"median": False},
+                       space={"transfer.init_from": {"values": ["runs/pretrain", "runs/bad.safetensors"]}})
+    result = run_cli("sweep", path, "--smoke", "--quiet")
+    assert result.exit_code == 0, result.output
+    states = {t["params"]["transfer.init_from"]: (t["state"], t["error"] or "")
+              for t in read_json(tiny / "runs/tiny/init/sweep.json")["trials"]}
+    assert states["runs/pretrain"][0] == "complete"
+    assert states["runs/bad.safetensors"][0] == "failed" and "not a valid safetensors file" in states[
+        "runs/bad.safetensors"][1]
+
+
+def test_parallel_workers_stopped_by_a_problem_of_the_sweep_exit_2_and_say_so(tiny: Path) -> None:
+    path = write_yaml(tiny / "configs/tiny/r2p.yaml", {
+        "base": "pretrain.yaml", "stage": "pretrain", "objective": "val/r2", "method": "grid",
+        "space": {"optim.lr": {"values": [0.01, 0.1]}}})
+    result = run_cli("sweep", path, "--smoke", "--parallel", "2")
+    assert result.exit_code == 2, result.output
+    assert "objective: val/r2 is not in the trials' evaluations" in result.stderr
+    assert "--resume continues" not in result.stderr
+
+
+def test_resume_and_overwrite_together_are_refused_and_the_sweep_kept(tiny: Path) -> None:
+    path = write_yaml(tiny / "configs/tiny/both.yaml", {
+        "base": "pretrain.yaml", "stage": "pretrain", "objective": "val/loss", "method": "grid",
+        "space": {"optim.lr": {"values": [0.01]}}})
+    first = run_cli("sweep", path, "--smoke", "--quiet")
+    assert first.exit_code == 0, first.output
+    before = read_json(tiny / "runs/tiny/both/sweep.json")["trials"]
+    result = run_cli("sweep", path, "--smoke", "--resume", "--overwrite")
+    assert result.exit_code == 2 and "give one of them" in result.stderr, result.output
+    assert read_json(tiny / "runs/tiny/both/sweep.json")["trials"] == before

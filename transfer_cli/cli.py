@@ -380,7 +380,7 @@ def sweep(
     parallel: int = typer.Option(1, "--parallel", min=1, metavar="N", help="Run trials in N processes on this "
                                                                            "machine (one shared sqlite study)."),
     smoke: bool = SmokeOpt, json_out: bool = JsonOpt, quiet: bool = QuietOpt, debug: bool = DebugOpt,
-    worker: bool = typer.Option(False, "--worker", hidden=True),
+    worker: Optional[int] = typer.Option(None, "--worker", hidden=True),
 ) -> None:
     """Search hyperparameters: many finetune (or pretrain) trials of one base config, pruned, resumable,
     with one table of all trials and the best config written out."""

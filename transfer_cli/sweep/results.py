@@ -17,7 +17,7 @@ from transfer_cli.core.console import format_value
 from transfer_cli.core.tables import Table
 from transfer_cli.runs.rundir import write_atomic
 from transfer_cli.sweep.schema import Sweep
-from transfer_cli.sweep.space import keypath
+from transfer_cli.sweep.space import keypath, objective_monitor
 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 ORDER = ("complete", "pruned", "failed", "running", "waiting")
@@ -66,6 +66,7 @@ def best_config(sweep: Sweep, params: dict[str, Any]) -> dict:
     left out, so that `transfer finetune best.yaml` writes a new run next to it."""
     data = load_raw(sweep.base).data
     data.pop("run_dir", None)
+    data.setdefault("train", {}).update(objective_monitor(sweep))  # as the trials monitored
     for key, value in params.items():
         node = data
         *parents, last = keypath(key)

@@ -34,7 +34,7 @@ class SweepOptions:
     overwrite: bool = False
     parallel: int = 1
     smoke: bool = False
-    worker: bool = False  # one of --parallel's processes: trials only, the parent does the rest
+    worker: Optional[int] = None  # index of one of --parallel's processes: trials only, the parent does the rest
 
 
 def sweep_path(sweep: Sweep, run_dir: Optional[str]) -> Path:
@@ -53,8 +53,8 @@ def run_sweep(sweep: Sweep, opts: SweepOptions, console: Console) -> dict:
             from None
     quiet_optuna()
     path = sweep_path(sweep, opts.run_dir)
-    if opts.worker:
-        study = open_study(sweep, path, direction(sweep), create=False)
+    if opts.worker is not None:
+        study = open_study(sweep, path, direction(sweep), create=False, worker=opts.worker)
         run_trials(sweep, path, study, console, opts.smoke)
         return {}
     goal = check_sweep(sweep)  # every problem of the sweep before anything is written
@@ -65,7 +65,7 @@ def run_sweep(sweep: Sweep, opts: SweepOptions, console: Console) -> dict:
     try:
         resume_stopped(sweep, path, study, console, opts.smoke)
         if opts.parallel > 1:
-            run_workers(sweep, path, opts, console)
+            run_workers(sweep, path, study, opts, console)
         else:
             run_trials(sweep, path, study, console, opts.smoke)
     finally:  # also when stopped: the table of what has finished so far
@@ -94,6 +94,8 @@ def _budget_line(sweep: Sweep) -> str:
 
 def _prepare(path: Path, opts: SweepOptions) -> None:
     """The sweep directory for this command: never silently reused or replaced; locked while it runs."""
+    if opts.resume and opts.overwrite:  # one keeps the trials, the other deletes them: never guess which
+        raise UsageError(f"--resume continues the sweep in {path} and --overwrite replaces it; give one of them")
     has_content = path.is_dir() and any(path.iterdir())
     is_sweep = (path / STUDY_FILE).is_file()
     if opts.resume:
@@ -154,13 +156,13 @@ def _tell_or_stop(sweep: Sweep, study: Any, trial: Any, outcome: Any) -> None:
         raise ConfigError([outcome.error], header=f"invalid sweep {sweep.path}")
 
 
-def run_workers(sweep: Sweep, path: Path, opts: SweepOptions, console: Console) -> None:
+def run_workers(sweep: Sweep, path: Path, study: Any, opts: SweepOptions, console: Console) -> None:
     """`opts.parallel` processes, each running trials from the shared study; a signal to this one
     is passed on to them (each stops its trial at a resumable checkpoint)."""
-    args = [sys.executable, "-m", "transfer_cli", "sweep", str(sweep.path), "--run-dir", str(path), "--worker",
-            "--quiet"] + (["--smoke"] if opts.smoke else [])
+    args = [sys.executable, "-m", "transfer_cli", "sweep", str(sweep.path), "--run-dir", str(path), "--quiet"] \
+        + (["--smoke"] if opts.smoke else [])
     console.info(f"{opts.parallel} worker processes pull trials from {path / STUDY_FILE}")
-    workers = [subprocess.Popen(args, start_new_session=True) for _ in range(opts.parallel)]
+    workers = [subprocess.Popen(args + ["--worker", str(i)], start_new_session=True) for i in range(opts.parallel)]
     try:
         codes = [w.wait() for w in workers]
     except BaseException:
@@ -171,6 +173,9 @@ def run_workers(sweep: Sweep, path: Path, opts: SweepOptions, console: Console) 
             w.wait()
         raise
     failed = [c for c in codes if c not in (0,)]
+    fatal = sorted({t.user_attrs["fatal"] for t in trials_in(study, "FAIL") if t.user_attrs.get("fatal")})
+    if fatal:  # a problem of the sweep that stopped the workers: said here, --resume would not help
+        raise ConfigError(fatal, header=f"invalid sweep {sweep.path}")
     if failed:
         raise RunFailed(f"{len(failed)} of {opts.parallel} sweep workers stopped with exit code "
                         f"{', '.join(map(str, failed))}; --resume continues the sweep")

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from transfer_cli.config.loader import RawConfig
+from transfer_cli.config.loader import RawConfig, load_raw
 from transfer_cli.config.resolve import key_layer, load_experiment
 from transfer_cli.config.schema import Experiment
 from transfer_cli.core.errors import ConfigError
@@ -23,13 +23,27 @@ def keypath(key: str) -> tuple[str, ...]:
 
 
 def trial_layers(sweep: Sweep, values: dict[str, Any], cache_dir: Optional[Path] = None) -> list[RawConfig]:
-    """One config layer per swept key (its origin: the sweep file's line) and the shared feature cache."""
-    layers = [key_layer(keypath(key), value, f"{sweep.origin('space', key)} (space.{key} = {json.dumps(value)})")
-              for key, value in values.items()]
+    """One config layer per swept key (its origin: the sweep file's line) and the shared feature cache,
+    over the objective as the monitor (when the base names none)."""
+    layers = [key_layer(("train",) + keypath(key), value, f"{sweep.origin('objective')} (the sweep's objective)")
+              for key, value in objective_monitor(sweep).items()]
+    layers += [key_layer(keypath(key), value, f"{sweep.origin('space', key)} (space.{key} = {json.dumps(value)})")
+               for key, value in values.items()]
     if cache_dir is not None:
         layers.append(key_layer(("transfer", "feature_cache_dir"), str(cache_dir.absolute()),
                                 "the sweep's shared feature cache"))
     return layers
+
+
+def objective_monitor(sweep: Sweep) -> dict[str, str]:
+    """{monitor, monitor_mode} of train for a base config that names no train.monitor: the
+    objective, so that a trial's best weights (its value) are the best by the objective, not by
+    the default monitor (val/accuracy for a sweep of val/loss)."""
+    train = load_raw(sweep.base).data.get("train")
+    if isinstance(train, dict) and train.get("monitor") is not None:
+        return {}
+    mode = {"maximize": "max", "minimize": "min"}.get(sweep.config.direction or "", "auto")
+    return {"monitor": sweep.config.objective, "monitor_mode": mode}
 
 
 def trial_experiment(sweep: Sweep, values: dict[str, Any], cache_dir: Optional[Path] = None) -> Experiment:
@@ -52,7 +66,8 @@ def check_sweep(sweep: Sweep) -> str:
         goal = direction(sweep)
     except ConfigError as exc:
         problems += exc.problems
-    trial_experiment(sweep, {})  # the base itself; its errors are the base file's own
+    base = trial_experiment(sweep, {})  # the base itself; its errors are the base file's own
+    problems += _objective_not_listed(sweep, base)
     for key, dim in sweep.config.space.items():
         for value in candidates(dim):
             try:
@@ -63,6 +78,17 @@ def check_sweep(sweep: Sweep) -> str:
     if problems:
         raise ConfigError(problems, header=f"invalid sweep {sweep.path}")
     return goal
+
+
+def _objective_not_listed(sweep: Sweep, base: Experiment) -> list[str]:
+    """The objective's metric against the base's own eval.metrics, when it lists them (the task's
+    defaults are known only once the data is built: a trial then stops at its first evaluation)."""
+    metric = sweep.config.objective.split("/", 1)[1]
+    listed = base.eval.metrics
+    if not listed or metric == "loss" or metric in listed:
+        return []
+    return [f"{sweep.origin('objective')}: objective: {sweep.config.objective} is not computed: the base config's "
+            f"eval.metrics are {', '.join(listed)}; add {metric} to them, or choose val/loss or one of them"]
 
 
 def candidates(dim: Dimension) -> list[Any]:

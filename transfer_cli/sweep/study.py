@@ -58,9 +58,14 @@ def pruner(sweep: Sweep) -> Any:
     return optuna.pruners.MedianPruner(n_startup_trials=rule.startup_trials, n_warmup_steps=rule.warmup_evals)
 
 
-def open_study(sweep: Sweep, sweep_dir: Path, direction: str, create: bool) -> Any:
+# apart the seeds of --parallel's workers, which load the study at the same moment (same offset)
+WORKER_SEED_STRIDE = 1_000_003
+
+
+def open_study(sweep: Sweep, sweep_dir: Path, direction: str, create: bool, worker: int = 0) -> Any:
     """Create the study (a new sweep) or load it (resume, a worker). A resumed sweep must be the
-    same sweep: its file's settings are kept in the study and compared."""
+    same sweep: its file's settings are kept in the study and compared. `worker`: the index of a
+    --parallel process; each draws from its own seed, else random and TPE workers draw the same values."""
     import optuna
 
     store = storage(sweep_dir)
@@ -77,7 +82,7 @@ def open_study(sweep: Sweep, sweep_dir: Path, direction: str, create: bool) -> A
     if probe.user_attrs.get("sweep") != settings:
         raise RunDirError(f"cannot resume {sweep_dir}: the sweep file {sweep.path} changed since the sweep started "
                           f"(its settings are kept in {STUDY_FILE}); restore it, or use --overwrite to start again")
-    return optuna.load_study(study_name=names[0], storage=store, sampler=sampler(sweep, len(probe.trials)),
+    return optuna.load_study(study_name=names[0], storage=store, sampler=sampler(sweep, len(probe.trials) + WORKER_SEED_STRIDE * worker),
                              pruner=pruner(sweep))
 
 
@@ -96,6 +101,8 @@ def tell(study: Any, trial: Any, outcome: Any) -> None:
         trial.set_user_attr("value", outcome.value)
     if outcome.error:
         trial.set_user_attr("error", outcome.error.splitlines()[0])
+    if outcome.fatal:  # the sweep's problem, for the parent of --parallel's workers to say
+        trial.set_user_attr("fatal", outcome.error)
     if outcome.pruned_at is not None:
         trial.set_user_attr("pruned_at_evaluation", outcome.pruned_at + 1)
     if outcome.state == "complete":

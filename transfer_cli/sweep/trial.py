@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from transfer_cli.core.console import Console, format_value
-from transfer_cli.core.errors import ConfigError, DataError, Interrupted, RunFailed, one_line
+from transfer_cli.core.errors import CheckpointError, ConfigError, DataError, Interrupted, RunFailed, one_line
 from transfer_cli.recipes.parts import RunOptions
 from transfer_cli.runs.rundir import RunDir
 from transfer_cli.sweep.schema import Sweep
-from transfer_cli.sweep.space import trial_experiment
+from transfer_cli.sweep.space import objective_monitor, trial_experiment
 from transfer_cli.train.engine import BaseCallback, Engine, TrainState
 
 TRIALS_DIR = "trials"
@@ -38,7 +38,8 @@ class ReportToTrial(BaseCallback):
 
     def on_eval_end(self, engine: Engine, state: TrainState, record: dict, improved: bool) -> None:
         value = record.get(self.objective)
-        if value is None:
+        if value is None:  # not computed (a metric of another task, no val split): every epoch would be waste
+            state.stop_reason = f"the sweep's objective {self.objective} is not in this evaluation"
             return
         step = len(state.history) - 1
         if step not in self.reported:
@@ -83,10 +84,26 @@ def run_trial(sweep: Sweep, sweep_dir: Path, trial: Any, console: Console, smoke
         report = recipe(exp, opts, console)
     except (Interrupted, KeyboardInterrupt):
         raise
-    except (RunFailed, ConfigError, DataError) as exc:
+    except (RunFailed, ConfigError, DataError, CheckpointError) as exc:  # e.g. a swept init_from that is not weights
+        fatal = _objective_not_logged(sweep, exc)
+        if fatal:
+            return Outcome("failed", run_dir=str(path), fatal=True, error=fatal)
         console.warn(f"trial {trial.number} failed: {one_line(exc)}")
         return Outcome("failed", run_dir=str(path), error=str(exc))
     return _outcome(sweep, sweep_dir, trial.number, values, report, callback.pruned_at, reported)
+
+
+def _objective_not_logged(sweep: Sweep, exc: Exception) -> Optional[str]:
+    """The sweep's problem, not the trial's, when the objective (the trials' train.monitor) is a
+    metric the trials do not log: every trial would fail the same way before training."""
+    if not isinstance(exc, ConfigError) or not objective_monitor(sweep):
+        return None
+    said = next((p for p in exc.problems if p.startswith(f"train.monitor: '{sweep.config.objective}' is not logged")),
+                None)
+    if said is None:
+        return None
+    return (f"{sweep.origin('objective')}: objective: {sweep.config.objective} is not in the trials' evaluations "
+            f"({said.split(': ', 1)[1]})")
 
 
 def _outcome(sweep: Sweep, sweep_dir: Path, number: int, values: dict, report: dict, pruned_at: Optional[int],

@@ -124,7 +124,7 @@ def _vision_run(tmp_path: Path, kind: str, **transfer: object) -> None:
                                        ("resnet", "per layer group")])  # HF ResNet has no switch of its own
 def test_hugging_face_models_checkpoint_with_the_same_losses(tmp_path: Path, monkeypatch, kind: str,
                                                              how: str) -> None:
-    import transformers
+    transformers = pytest.importorskip("transformers", reason="needs the optional extra: pip install -e '.[hf]'")
 
     monkeypatch.chdir(tmp_path)
     _vision_run(tmp_path, kind, freeze=["backbone.encoder.embe*"])  # a frozen prefix

@@ -328,3 +328,27 @@ def test_resume_and_overwrite_together_are_refused_and_the_sweep_kept(tiny: Path
     result = run_cli("sweep", path, "--smoke", "--resume", "--overwrite")
     assert result.exit_code == 2 and "give one of them" in result.stderr, result.output
     assert read_json(tiny / "runs/tiny/both/sweep.json")["trials"] == before
+
+
+def test_overwriting_a_sweep_that_is_running_is_refused_without_touching_it(tiny: Path) -> None:
+    import fcntl
+    import os
+
+    path = write_yaml(tiny / "configs/tiny/busy.yaml", {
+        "base": "pretrain.yaml", "stage": "pretrain", "objective": "val/loss", "method": "grid",
+        "space": {"optim.lr": {"values": [0.01]}}})
+    assert run_cli("sweep", path, "--smoke", "--quiet").exit_code == 0
+    sweep_dir = tiny / "runs/tiny/busy"
+    fd = os.open(sweep_dir / ".lock", os.O_RDONLY)  # as the running sweep holds it (another open file)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        parent_before = sweep_dir.parent.stat().st_mtime_ns
+        result = run_cli("sweep", path, "--smoke", "--overwrite")
+        assert result.exit_code == 2 and "is in use by another transfer command" in result.stderr, result.output
+        # never renamed, not even for a moment (a rename changes the parent folder)
+        assert sweep_dir.parent.stat().st_mtime_ns == parent_before and (sweep_dir / "sweep.json").is_file()
+    finally:
+        os.close(fd)
+    again = run_cli("sweep", path, "--smoke", "--overwrite", "--quiet")  # free now: replaced
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in sweep_dir.parent.iterdir()) == ["busy"]

@@ -42,6 +42,14 @@ def hold(run_path: Path, create: bool = False) -> None:
     _held[key] = fd
 
 
+def moved_away(run_path: Path) -> None:
+    """The held run dir at `run_path` was renamed (to be deleted): its lock stays held until the
+    command ends, and a new run dir made at `run_path` takes a lock of its own."""
+    fd = _held.pop((run_path / LOCK_NAME).absolute(), None)
+    if fd is not None:
+        _replaced.append(fd)
+
+
 def release_all() -> None:
     """The command has ended: let other commands use its run dirs."""
     for fd in [*_held.values(), *_replaced]:

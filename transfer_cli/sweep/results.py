@@ -54,7 +54,7 @@ def trials_table(rows: list[dict], sweep: Sweep) -> Table:
              f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"] for r in rows]
     notes = ["pruned @N: stopped by the median pruner after evaluation N (its value: its best weights on val)"] \
         if any(r["state"] == "pruned" for r in rows) else []
-    return Table(f"sweep {sweep.name}: {len(rows)} trials, sorted by {sweep.config.objective}", header, body, notes)
+    return Table(f"sweep {sweep.name}: {len(rows)} trial{'s' * (len(rows) != 1)}, sorted by {sweep.config.objective}", header, body, notes)
 
 
 def _cell(value: Any) -> str:

@@ -88,7 +88,8 @@ def validate_sweep(sweep: Sweep, console: Console) -> dict:
 
 def _budget_line(sweep: Sweep) -> str:
     trials, minutes = sweep.trial_budget(), sweep.config.budget.minutes
-    parts = ([f"{trials} trials"] if trials else []) + ([f"{minutes:g} minutes"] if minutes else [])
+    parts = ([f"{trials} trial{'s' * (trials != 1)}"] if trials else []) + (
+        [f"{minutes:g} minute{'s' * (minutes != 1)}"] if minutes else [])
     return " or ".join(parts)
 
 
@@ -107,13 +108,10 @@ def _prepare(path: Path, opts: SweepOptions) -> None:
     elif has_content and not is_sweep:
         raise RunDirError(f"refusing to overwrite {path}: it is not a sweep directory (no {STUDY_FILE})")
     if has_content and opts.overwrite and not opts.resume:
+        runlock.hold(path)  # a sweep still running there is refused before anything is moved
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         path.rename(old)
-        try:
-            runlock.hold(old)  # a sweep still running there keeps its directory
-        except RunDirError:
-            old.rename(path)
-            raise
+        runlock.moved_away(path)
         shutil.rmtree(old)
     elif has_content:
         runlock.hold(path, create=True)  # a second sweep on it is refused

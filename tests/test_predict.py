@@ -140,12 +140,18 @@ def test_missing_feature_column_is_named_and_nothing_is_written(table_run: tuple
     assert not (tmp / "p.csv").exists()
 
 
+def _refused(*args: str):  # noqa: ANN202  conftest's Result
+    """`transfer predict ARGS`, refused in one line with exit 2."""
+    result = run_cli("predict", *args)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    return result
+
+
 def test_empty_feature_cell_names_the_line_and_asks_to_fill_it(table_run: tuple[Path, list[dict]]) -> None:
     """The features are the run's: the fix is to fill the cell, not to drop the column from a config."""
     tmp, _ = table_run
     (tmp / "new.csv").write_text("length,width,density,weight\n1.0,2.0,0.5,10\n1.0,,0.5,10\n")
-    result = run_cli("predict", "runs/t", "new.csv", "--out", "p.csv")
-    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    result = _refused("runs/t", "new.csv", "--out", "p.csv")
     assert "new.csv): line 3, column 'width' is empty; fill it in (the model was trained on" in result.stderr
     assert "data.params.features" not in result.stderr and not (tmp / "p.csv").exists()
 
@@ -153,8 +159,7 @@ def test_empty_feature_cell_names_the_line_and_asks_to_fill_it(table_run: tuple[
 def test_a_folder_for_a_csv_run_says_a_file_is_expected(table_run: tuple[Path, list[dict]]) -> None:
     tmp, _ = table_run
     (tmp / "rows").mkdir()
-    result = run_cli("predict", "runs/t", "rows", "--out", "p.csv")
-    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    result = _refused("runs/t", "rows", "--out", "p.csv")
     assert "INPUTS: rows is a folder, but a file is expected here; give the file" in result.stderr
 
 
@@ -182,8 +187,7 @@ def test_an_unfinished_run_predicts_with_a_warning(table_run: tuple[Path, list[d
 def test_a_csv_split_by_another_delimiter_is_said_so(table_run: tuple[Path, list[dict]]) -> None:
     tmp, _ = table_run
     (tmp / "semi.csv").write_text("length;width;density;weight\n1;2;0.5;10\n")
-    result = run_cli("predict", "runs/t", "semi.csv", "--out", "p.csv")
-    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    result = _refused("runs/t", "semi.csv", "--out", "p.csv")
     assert "the file has: length;width;density;weight (it looks separated by ';'" in result.stderr
 
 

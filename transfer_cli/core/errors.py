@@ -75,9 +75,18 @@ class RaisedOnMain(TransferError):
 
 
 def one_line(exc: BaseException) -> str:
-    """The first line of an error's message (its type name when it has none)."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """The first line of an error's message (its type name when it has none), and the next ones
+    while a line ends in ':' (e.g. transformers' "Validation error for field 'x':" puts the reason
+    on the next line)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    shown = [lines[0]]
+    for line in lines[1:]:
+        if not shown[-1].endswith(":"):
+            break
+        shown.append(line)
+    return " ".join(shown)
 
 
 def a_or_an(word: str) -> str:

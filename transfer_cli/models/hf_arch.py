@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from transfer_cli.core.errors import CheckpointError
+from transfer_cli.core.errors import CheckpointError, one_line
 from transfer_cli.core.registry import did_you_mean
 from transfer_cli.models.hf_kinds import read_config, transformers_module
 
@@ -64,7 +64,7 @@ def config_object(config: dict[str, Any], where: str):  # noqa: ANN201  a transf
     try:
         return transformers.AutoConfig.for_model(model_type, **kwargs)
     except Exception as exc:  # noqa: BLE001  the config class's own complaint about a value
-        raise CheckpointError(f"{where}: not a valid {model_type} config ({first_line(exc)})") from None
+        raise CheckpointError(f"{where}: not a valid {model_type} config ({one_line(exc)})") from None
 
 
 def fresh_encoder(config: dict[str, Any], where: str) -> nn.Module:
@@ -76,7 +76,7 @@ def fresh_encoder(config: dict[str, Any], where: str) -> nn.Module:
         encoder = transformers.AutoModel.from_config(cfg)
     except Exception as exc:  # noqa: BLE001  e.g. a hidden size the heads do not divide
         raise CheckpointError(f"{where}: cannot build a {config['model_type']} model from it "
-                              f"({first_line(exc)})") from None
+                              f"({one_line(exc)})") from None
     return encoder.to(torch.float32)
 
 
@@ -86,17 +86,3 @@ def recorded_architecture(encoder: nn.Module) -> dict[str, Any]:
     config = encoder.config.to_diff_dict()
     known = known_keys(config["model_type"])
     return {k: v for k, v in config.items() if k in known and k not in NOT_ARCHITECTURE}
-
-
-def first_line(exc: BaseException) -> str:
-    """The exception's first line, and the next ones while a line ends in ':' (transformers'
-    "Validation error for field 'x':" puts the reason on the next line)."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    shown = [lines[0]]
-    for line in lines[1:]:
-        if not shown[-1].endswith(":"):
-            break
-        shown.append(line)
-    return " ".join(shown)

@@ -25,11 +25,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from transfer_cli.core.errors import CheckpointError, DataError
+from transfer_cli.core.errors import CheckpointError, DataError, one_line
 from transfer_cli.core.registry import Params
 from transfer_cli.data.splitting import DataPath
 from transfer_cli.models.base import TransferModel
-from transfer_cli.models.hf_arch import (architecture, check_keys, config_object, first_line, fresh_encoder,
+from transfer_cli.models.hf_arch import (architecture, check_keys, config_object, fresh_encoder,
                                          recorded_architecture)
 from transfer_cli.models.hf_groups import layer_groups
 from transfer_cli.models.hf_preprocess import image_preprocessing
@@ -297,7 +297,7 @@ def load_encoder(directory: Path, overrides: Optional[dict] = None) -> nn.Module
         encoder, info = transformers.AutoModel.from_pretrained(
             str(directory), local_files_only=True, output_loading_info=True, **{dtype_key: torch.float32}, **extra)
     except Exception as exc:  # noqa: BLE001  transformers raises many kinds for a bad directory
-        reason = first_line(exc)
+        reason = one_line(exc)
         if "ignore_mismatched_sizes" in reason:  # transformers' line points at a report we keep quiet
             reason = "its weights have other shapes than the architecture"
         hint = ("; model.params.config may change only what keeps the weights' shapes (e.g. dropout) when the "

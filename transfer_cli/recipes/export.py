@@ -90,13 +90,13 @@ EXPORTERS = {"onnx": "torch's ONNX exporter", "torchscript": "torch.jit.trace"}
 
 def _write_model(fmt: str, model: torch.nn.Module, check: torch.Tensor, folder: Path, spec: dict, tokenizer: Any,
                  exp: Any, parts: Any) -> dict:
-    if fmt not in EXPORTERS:
-        return _write_with(fmt, model, check, folder, spec, tokenizer, exp, parts)
     try:
         return _write_with(fmt, model, check, folder, spec, tokenizer, exp, parts)
-    except (TransferError, OSError, KeyboardInterrupt):
+    except (TransferError, OSError):
         raise
     except Exception as exc:  # the exporter cannot handle something in this model: a failed run, in one line
+        if fmt not in EXPORTERS:  # our own code (hf): a bug, reported as such
+            raise
         others = ", ".join(f for f in FORMATS if f != fmt)
         raise RunFailed(f"--format {fmt}: {EXPORTERS[fmt]} could not export the model of this run "
                         f"({type(exc).__name__}: {one_line(exc)}); nothing was written. Another format may "
